@@ -1,0 +1,1 @@
+"""Baseline: a re-creation of the legacy gateway design, kept only to be measured against (see README.md)."""

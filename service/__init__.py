@@ -1,0 +1,3 @@
+"""Async-native session & RAG gateway."""
+
+__version__ = "0.1.0"

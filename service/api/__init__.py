@@ -1,0 +1,1 @@
+"""HTTP layer: parse, call the domain, render. Routes are declared as ``Endpoint`` lists."""

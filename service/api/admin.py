@@ -1,0 +1,80 @@
+"""Admin-only maintenance: retention cleanup and online backup."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from service.api.endpoint import Call, Endpoint
+from service.auth import Principal
+from service.db import maintenance
+from service.errors import Forbidden
+
+
+class CleanupRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    keep_newest: int | None = Field(default=None, ge=0, le=10_000_000)
+    older_than_days: float | None = Field(default=None, ge=0, le=36_500)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> CleanupRequest:
+        if self.keep_newest is None and self.older_than_days is None:
+            raise ValueError("give keep_newest and/or older_than_days")
+        return self
+
+
+class CleanupResult(BaseModel):
+    deleted_sessions: int
+    deleted_events: int
+
+
+class BackupResult(BaseModel):
+    path: str
+    bytes: int
+    pages: int
+    seconds: float
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("admin only")
+
+
+async def cleanup(call: Call[CleanupRequest, Any]) -> dict[str, Any]:
+    require_admin(call.principal)
+    result = await maintenance.cleanup(
+        call.ctx.db, keep_newest=call.body.keep_newest, older_than_days=call.body.older_than_days
+    )
+    return dataclasses.asdict(result)
+
+
+async def backup(call: Call[Any, Any]) -> dict[str, Any]:
+    require_admin(call.principal)
+    result = await maintenance.backup(call.ctx.db, call.ctx.settings.backup_dir)
+    return dataclasses.asdict(result)
+
+
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/admin/cleanup",
+        cleanup,
+        "Delete ended sessions beyond a retention rule",
+        "admin",
+        body=CleanupRequest,
+        response=CleanupResult,
+        errors=(401, 403, 422),
+    ),
+    Endpoint(
+        "POST",
+        "/admin/backup",
+        backup,
+        "Online backup to a timestamped file",
+        "admin",
+        response=BackupResult,
+        status=201,
+        errors=(401, 403),
+    ),
+]

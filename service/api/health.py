@@ -1,0 +1,56 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from service.api.endpoint import Call, Endpoint
+from service.db import DatabaseError
+from service.db.schema import SCHEMA_VERSION
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    database: str
+    schema_version: int | None
+
+
+async def health(call: Call[Any, Any]) -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+async def ready(call: Call[Any, Any]) -> Response:
+    try:
+        rows = await call.ctx.db.read("PRAGMA user_version")
+        version: int | None = int(rows[0][0])
+    except (DatabaseError, RuntimeError):
+        version = None
+    ok = version == SCHEMA_VERSION
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "database": "ok" if version is not None else "unavailable",
+        "schema_version": version,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+ENDPOINTS = [
+    Endpoint("GET", "/health", health, "Liveness (no I/O)", "health", response=Health, auth=False),
+    Endpoint(
+        "GET",
+        "/health/ready",
+        ready,
+        "Readiness: database answers, schema current",
+        "health",
+        response=Ready,
+        auth=False,
+        errors=(503,),
+    ),
+]

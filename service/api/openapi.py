@@ -1,0 +1,122 @@
+"""OpenAPI 3.1 built from the same pydantic types that validate requests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from service import __version__
+from service.api.endpoint import Endpoint
+
+REF = "#/components/schemas/{model}"
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+        }
+    },
+}
+REASONS = {
+    400: "Bad request",
+    401: "Missing or invalid token",
+    403: "Forbidden for this role",
+    404: "Not found (or not yours to see)",
+    409: "Conflict with the session's state",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation error",
+    429: "Too many requests",
+    502: "Downstream gave a bad answer",
+    503: "Unavailable or overloaded",
+    504: "Downstream timed out",
+}
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema.get("properties", {}).items()
+    ]
+
+
+def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    models: set[type[BaseModel]] = set()
+    for ep in endpoints:
+        for m in (ep.body, ep.response):
+            if m is not None:
+                models.add(m)
+    keyed = [(m, "validation" if any(ep.body is m for ep in endpoints) else "serialization") for m in models]
+    _, defs = models_json_schema(
+        sorted(keyed, key=lambda mk: mk[0].__name__),  # type: ignore[arg-type]
+        ref_template=REF,
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas["Error"] = ERROR_SCHEMA
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        for path in (ep.path, ep.path.removeprefix("/api") if ep.path.startswith("/api/") else "/api" + ep.path):
+            paths.setdefault(path, {})[ep.method.lower()] = _operation(ep, path)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Session & RAG gateway", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": ep.summary,
+        "tags": [ep.tag],
+        "operationId": f"{ep.handler.__name__}{'_api' if path.startswith('/api') else ''}",
+    }
+    params: list[dict[str, Any]] = [
+        {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}}
+        for seg in path.split("/")
+        if seg.startswith("{")
+    ]
+    if ep.query is not None:
+        params.extend(_query_params(ep.query))
+    if params:
+        op["parameters"] = params
+    if ep.auth:
+        op["security"] = [{"bearer": []}]
+    if ep.body is not None:
+        media = "multipart/form-data" if ep.multipart else "application/json"
+        op["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": {"$ref": REF.format(model=ep.body.__name__)}}},
+        }
+    responses: dict[str, Any] = {}
+    if ep.raw_response is not None:
+        responses[str(ep.status)] = {"description": "OK", "content": {ep.raw_response: {"schema": {"type": "string"}}}}
+    else:
+        ok_schema = {"$ref": REF.format(model=ep.response.__name__)} if ep.response else {}
+        responses[str(ep.status)] = {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}
+    statuses = set(ep.errors)
+    if ep.auth:
+        statuses |= {401, 503}
+    if ep.body is not None:
+        statuses |= {400, 413, 415, 422}
+    if ep.query is not None:
+        statuses |= {400, 422}
+    for status in sorted(statuses):
+        responses[str(status)] = {
+            "description": REASONS.get(status, "Error"),
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+        }
+    op["responses"] = responses
+    op.update(ep.extra_openapi)
+    return op

@@ -1,0 +1,179 @@
+"""Session routes (SPEC 3): thin wrappers over ``service.sessions.store``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from service.api.endpoint import Call, Endpoint
+from service.downstream import DownstreamError
+from service.errors import PayloadTooLarge
+from service.sessions import store
+from service.sessions.models import (
+    Deleted,
+    EventCreate,
+    EventPage,
+    EventsAppended,
+    EventsQuery,
+    GetQuery,
+    ListQuery,
+    SessionCreate,
+    SessionEnd,
+    SessionOut,
+    SessionPage,
+    SessionPatch,
+    Stats,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def create_session(call: Call[SessionCreate, Any]) -> dict[str, Any]:
+    return await store.create_session(
+        call.ctx.db, call.principal, call.body, max_metadata_bytes=call.ctx.settings.max_metadata_bytes
+    )
+
+
+async def list_sessions(call: Call[Any, ListQuery]) -> dict[str, Any]:
+    query = call.query
+    if query.limit > call.ctx.settings.max_page_size:
+        query = query.model_copy(update={"limit": call.ctx.settings.max_page_size})
+    return await store.list_sessions(call.ctx.db, call.principal, query, secret=call.ctx.settings.cursor_secret)
+
+
+async def get_session(call: Call[Any, GetQuery]) -> dict[str, Any]:
+    return await store.get_session(
+        call.ctx.db, call.principal, call.path["session_id"], with_events=call.query.include == "events"
+    )
+
+
+async def patch_session(call: Call[SessionPatch, Any]) -> dict[str, Any]:
+    return await store.patch_session(
+        call.ctx.db,
+        call.principal,
+        call.path["session_id"],
+        call.body,
+        max_metadata_bytes=call.ctx.settings.max_metadata_bytes,
+    )
+
+
+async def append_event(call: Call[EventCreate, Any]) -> dict[str, Any]:
+    if call.body.event_data is not None:
+        size = len(store.dumps(call.body.event_data).encode())
+        limit = call.ctx.settings.max_event_data_bytes
+        if size > limit:
+            raise PayloadTooLarge(f"event_data is {size} bytes; the limit is {limit}")
+    return await store.append_event(call.ctx.db, call.principal, call.path["session_id"], call.body)
+
+
+async def list_events(call: Call[Any, EventsQuery]) -> dict[str, Any]:
+    return await store.list_events(
+        call.ctx.db, call.principal, call.path["session_id"], call.query, secret=call.ctx.settings.cursor_secret
+    )
+
+
+async def end_session(call: Call[SessionEnd, Any]) -> dict[str, Any]:
+    return await store.end_session(call.ctx.db, call.principal, call.path["session_id"], call.body)
+
+
+async def delete_session(call: Call[Any, Any]) -> dict[str, Any]:
+    result = await store.delete_session(call.ctx.db, call.principal, call.path["session_id"])
+    # The session is gone first (the source of truth); the downstream collection is best effort and reported.
+    try:
+        await call.ctx.downstream.call("rag", "DELETE", f"/sessions/{result['session_id']}/collection")
+        result["collection_deleted"] = True
+    except DownstreamError:
+        log.warning("collection of deleted session %s was not deleted downstream", result["session_id"])
+        result["collection_deleted"] = False
+    return result
+
+
+async def session_stats(call: Call[Any, Any]) -> dict[str, Any]:
+    return await store.stats(call.ctx.db, call.principal)
+
+
+SID = "/sessions/{session_id}"
+TAG = "sessions"
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/sessions",
+        create_session,
+        "Create a session (ACTIVE)",
+        TAG,
+        body=SessionCreate,
+        response=SessionOut,
+        status=201,
+        errors=(401, 403, 413, 422),
+    ),
+    Endpoint(
+        "GET",
+        "/sessions",
+        list_sessions,
+        "List sessions, newest first (keyset cursor)",
+        TAG,
+        query=ListQuery,
+        response=SessionPage,
+        errors=(400, 401, 403, 422),
+    ),
+    Endpoint(
+        "GET",
+        "/sessions/stats",
+        session_stats,
+        "Counts, durations and events per type",
+        TAG,
+        response=Stats,
+        errors=(401, 403),
+    ),
+    Endpoint("GET", SID, get_session, "One session", TAG, query=GetQuery, response=SessionOut, errors=(401, 404, 422)),
+    Endpoint(
+        "PATCH",
+        SID,
+        patch_session,
+        "Change only the fields sent (metadata is a merge patch)",
+        TAG,
+        body=SessionPatch,
+        response=SessionOut,
+        errors=(401, 403, 404, 413, 422),
+    ),
+    Endpoint(
+        "POST",
+        SID + "/events",
+        append_event,
+        "Append an event; `state` records STATE_CHANGED",
+        TAG,
+        body=EventCreate,
+        response=EventsAppended,
+        status=201,
+        errors=(401, 403, 404, 409, 413, 422),
+    ),
+    Endpoint(
+        "GET",
+        SID + "/events",
+        list_events,
+        "Events, oldest first (keyset cursor)",
+        TAG,
+        query=EventsQuery,
+        response=EventPage,
+        errors=(400, 401, 404, 422),
+    ),
+    Endpoint(
+        "POST",
+        SID + "/end",
+        end_session,
+        "End the session",
+        TAG,
+        body=SessionEnd,
+        response=SessionOut,
+        errors=(401, 403, 404, 409, 422),
+    ),
+    Endpoint(
+        "DELETE",
+        SID,
+        delete_session,
+        "Delete the session, its events and its collection",
+        TAG,
+        response=Deleted,
+        errors=(401, 403, 404),
+    ),
+]

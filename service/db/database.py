@@ -1,0 +1,174 @@
+"""SQLite concurrency policy, in one place.
+
+One writer connection (every transaction ``BEGIN IMMEDIATE``) and a few read connections, all long-lived
+aiosqlite connections opened at start-up. Each aiosqlite connection owns a thread; an awaited call is one hop
+to that thread. So the rest of the code gets four calls, each exactly one hop:
+
+- ``read(sql, params)``: one SELECT on a reader, all rows;
+- ``read_fn(fn)``: several statements on a reader's thread (one hop, one snapshot);
+- ``write(fn)``: a whole transaction run on the writer's thread (one hop, atomic);
+- ``write_sql(sql, params)``: a single-statement transaction, rows of its ``RETURNING`` clause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from service.db import schema
+
+T = TypeVar("T")
+Rows = list[sqlite3.Row]
+DatabaseError = sqlite3.Error
+OpObserver = Callable[[str, float], None]
+
+log = logging.getLogger(__name__)
+
+
+def _apply_pragmas(conn: sqlite3.Connection, *, cache_kib: int, busy_ms: int, synchronous: str) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA cache_size = {-abs(cache_kib):d}")
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+
+
+def _transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    def run(conn: sqlite3.Connection) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    return run
+
+
+class Database:
+    def __init__(
+        self,
+        path: str,
+        *,
+        read_connections: int = 2,
+        cache_size_kib: int = 32768,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "NORMAL",
+        observer: OpObserver | None = None,
+    ) -> None:
+        self.path = path
+        self._n_readers = max(1, read_connections)
+        self._cache_kib = cache_size_kib
+        self._busy_ms = busy_timeout_ms
+        self._synchronous = synchronous
+        self._observer = observer
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+        self.migrations_applied: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def open(self, *, run_migrations: bool = True) -> None:
+        if self.path != ":memory:":
+            await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        if run_migrations:
+            self.migrations_applied = await self._run(self._writer, schema.migrate)
+        for _ in range(self._n_readers):
+            reader = await self._connect()
+            await reader.execute("PRAGMA query_only = ON")
+            self._readers.append(reader)
+        self._next_reader = itertools.cycle(self._readers)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+
+        def setup(c: sqlite3.Connection) -> None:
+            _apply_pragmas(c, cache_kib=self._cache_kib, busy_ms=self._busy_ms, synchronous=self._synchronous)
+
+        await self._run(conn, setup)
+        return conn
+
+    async def close(self) -> None:
+        """Checkpoint the WAL into the main file and close every connection (graceful shutdown)."""
+        for reader in self._readers:
+            await reader.close()
+        self._readers.clear()
+        self._next_reader = None
+        if self._writer is not None:
+            try:
+                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                log.exception("WAL checkpoint at shutdown failed")
+            await self._writer.close()
+            self._writer = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    # -- the four calls ----------------------------------------------------------------------------------
+    async def read(self, sql: str, params: Any = ()) -> Rows:
+        reader = self._reader()
+        start = time.perf_counter()
+        rows = await reader.execute_fetchall(sql, params)
+        self._observe("read", start)
+        return list(rows)
+
+    async def read_fn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        start = time.perf_counter()
+        result = await self._run(self._reader(), fn)
+        self._observe("read", start)
+        return result
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        start = time.perf_counter()
+        result = await self._run(self._writer_conn(), _transaction(fn))
+        self._observe("write", start)
+        return result
+
+    async def write_sql(self, sql: str, params: Any = ()) -> Rows:
+        def run(conn: sqlite3.Connection) -> Rows:
+            return conn.execute(sql, params).fetchall()
+
+        return await self.write(run)
+
+    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the writer's thread with no transaction of ours (backup, checkpoint, migration)."""
+        return await self._run(self._writer_conn(), fn)
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _reader(self) -> aiosqlite.Connection:
+        if self._next_reader is None:
+            raise RuntimeError("database is not open")
+        return next(self._next_reader)
+
+    def _writer_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("database is not open")
+        return self._writer
+
+    @staticmethod
+    async def _run(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # aiosqlite's own execute_* are built on this: run ``fn`` on the connection's thread, one hop.
+        def call() -> T:
+            return fn(conn._conn)
+
+        result: T = await conn._execute(call)  # type: ignore[no-untyped-call]
+        return result
+
+    def _observe(self, kind: str, start: float) -> None:
+        if self._observer is not None:
+            self._observer(kind, time.perf_counter() - start)

@@ -1,0 +1,104 @@
+"""Online backup and retention cleanup, shared by the admin endpoints and the CLI."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from service.db.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    path: str
+    bytes: int
+    pages: int
+    seconds: float
+
+
+async def backup(db: Database, dest_dir: str) -> BackupResult:
+    """Copy the live database with SQLite's backup API into ``dest_dir/sessions-<UTC stamp>.db``.
+
+    Runs on the writer's thread (one hop): writers queue behind it for its duration, readers do not, and the
+    copy is a consistent snapshot including what is still in the WAL.
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = Path(dest_dir) / f"sessions-{stamp}.db"
+
+    def run(conn: sqlite3.Connection) -> BackupResult:
+        started = time.perf_counter()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dest = sqlite3.connect(str(target))
+        try:
+            conn.backup(dest)
+            pages = int(dest.execute("PRAGMA page_count").fetchone()[0])
+            dest.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dest.close()
+        return BackupResult(str(target), target.stat().st_size, pages, time.perf_counter() - started)
+
+    return await db.run_on_writer(run)
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    deleted_sessions: int
+    deleted_events: int
+
+
+ENDED = ("COMPLETED", "CANCELLED", "FAULTED")
+
+
+async def cleanup(
+    db: Database, *, keep_newest: int | None = None, older_than_days: float | None = None
+) -> CleanupResult:
+    """Delete ended sessions (and, by cascade, their events) beyond a retention rule.
+
+    ``keep_newest``: keep the N most recently ended sessions; ``older_than_days``: delete sessions that ended
+    before now - D days. With both, a session goes when either rule says so. ACTIVE sessions never match:
+    every statement filters on an ended status, through ``idx_sessions_status_end``.
+    """
+    if keep_newest is None and older_than_days is None:
+        raise ValueError("give keep_newest and/or older_than_days")
+    if keep_newest is not None and keep_newest < 0:
+        raise ValueError("keep_newest must be >= 0")
+    if older_than_days is not None and older_than_days < 0:
+        raise ValueError("older_than_days must be >= 0")
+
+    def run(conn: sqlite3.Connection) -> CleanupResult:
+        doomed: set[str] = set()
+        for status in ENDED:
+            if older_than_days is not None:
+                cutoff = int(time.time() * 1000 - older_than_days * 86_400_000)
+                doomed.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT session_id FROM sessions WHERE status = ? AND end_time < ?", (status, cutoff)
+                    )
+                )
+        if keep_newest is not None:
+            rows = conn.execute(
+                "SELECT session_id FROM sessions WHERE status IN ('COMPLETED', 'CANCELLED', 'FAULTED') "
+                "ORDER BY end_time DESC, session_id LIMIT -1 OFFSET ?",
+                (keep_newest,),
+            ).fetchall()
+            doomed.update(r[0] for r in rows)
+        events = 0
+        ids = sorted(doomed)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            events += conn.execute(
+                f"SELECT count(*) FROM session_events WHERE session_id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            ).fetchone()[0]
+            conn.execute(
+                f"DELETE FROM sessions WHERE status != 'ACTIVE' AND session_id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+        return CleanupResult(len(ids), int(events))
+
+    return await db.write(run)

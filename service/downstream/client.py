@@ -1,0 +1,273 @@
+"""One shared ``httpx.AsyncClient`` for every downstream call, and the policy around it.
+
+Policy, per call: a bounded wait for a per-service concurrency slot (overload becomes a fast 503, not a
+``PoolTimeout`` pile-up), explicit connect/read/pool timeouts plus a hard deadline for the whole call,
+retries with backoff and jitter only where safe (connection never made, or an idempotent method), the request
+id passed through, and every failure mapped to 502 (bad answer), 503 (unreachable/overloaded) or 504 (timeout).
+
+The transport under the client is a setting: ``aiohttp`` (httpx-aiohttp; the default, chosen by the numbers in
+the README's benchmark section: httpcore's pool scans every pooled connection per request) or ``httpx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+
+from service.context import request_id_var
+from service.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
+from service.settings import Settings
+
+Service = Literal["auth", "rag", "question"]
+SERVICES: tuple[Service, ...] = ("auth", "rag", "question")
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+CallObserver = Callable[[str, str, float], None]
+
+
+class DownstreamError(ApiError):
+    """Marker base: an ApiError raised because a downstream failed."""
+
+
+class DownstreamBadAnswer(DownstreamError, BadGateway):
+    pass
+
+
+class DownstreamUnavailable(DownstreamError, ServiceUnavailable):
+    pass
+
+
+class DownstreamTimeout(DownstreamError, GatewayTimeout):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Any
+    elapsed_s: float
+
+
+def _classify(exc: BaseException) -> type[DownstreamError]:
+    """Which caller-facing failure a transport exception is (looks through httpx-aiohttp's re-mapping)."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return DownstreamUnavailable
+    if isinstance(cause, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return DownstreamTimeout
+    if isinstance(cause, aiohttp.ClientError):
+        return DownstreamBadAnswer
+    if isinstance(exc, httpx.ConnectError):
+        return DownstreamUnavailable
+    if isinstance(exc, httpx.PoolTimeout):
+        return DownstreamUnavailable
+    if isinstance(exc, httpx.TimeoutException):
+        return DownstreamTimeout
+    return DownstreamBadAnswer
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True when the request surely never reached the peer, so any method may be retried."""
+    return _classify(exc) is DownstreamUnavailable
+
+
+def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(
+        max_connections=settings.http_max_connections,
+        max_keepalive_connections=settings.http_max_keepalive,
+        keepalive_expiry=15.0,
+    )
+    if settings.http_transport == "httpx":
+        return httpx.AsyncHTTPTransport(limits=limits)
+    if settings.http_transport != "aiohttp":
+        raise ValueError("HTTP_TRANSPORT must be 'aiohttp' or 'httpx'")
+    from httpx_aiohttp import AiohttpTransport
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=settings.http_max_connections, limit_per_host=0, keepalive_timeout=15.0)
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, client=session)
+    return transport
+
+
+class Downstream:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.base_urls: dict[Service, str] = {
+            "auth": settings.auth_service_url.rstrip("/"),
+            "rag": settings.rag_service_url.rstrip("/"),
+            "question": settings.question_service_url.rstrip("/"),
+        }
+        self.timeout = httpx.Timeout(
+            connect=settings.http_connect_timeout_s,
+            read=settings.http_read_timeout_s,
+            write=settings.http_read_timeout_s,
+            pool=settings.http_pool_timeout_s,
+        )
+        self.transport = transport or build_transport(settings)
+        self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout, follow_redirects=False)
+        self._slots = {s: asyncio.Semaphore(settings.downstream_max_concurrency) for s in SERVICES}
+        self._observer = observer
+        self.in_flight: dict[Service, int] = dict.fromkeys(SERVICES, 0)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def call(
+        self,
+        service: Service,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        deadline_s: float | None = None,
+        idempotent: bool | None = None,
+        ok_statuses: frozenset[int] = frozenset(),
+    ) -> Reply:
+        """One downstream call. 2xx (and ``ok_statuses``) come back as a Reply; anything else raises."""
+        method = method.upper()
+        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        deadline = (
+            deadline_s
+            if deadline_s is not None
+            else (self.settings.http_connect_timeout_s + self.settings.http_read_timeout_s)
+        )
+        url = self.base_urls[service] + path
+        send_headers = {"X-Request-ID": request_id_var.get()}
+        if headers:
+            send_headers.update(headers)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            await self._acquire(service)
+            try:
+                self.in_flight[service] += 1
+                async with asyncio.timeout(deadline):
+                    reply = await self._attempts(service, method, url, json_body, send_headers, safe)
+            finally:
+                self.in_flight[service] -= 1
+                self._slots[service].release()
+        except TimeoutError:
+            outcome = "timeout"
+            raise DownstreamTimeout(
+                f"{service} service did not answer within {deadline:g} s",
+                details={"service": service, "deadline_s": deadline},
+            ) from None
+        except DownstreamError as exc:
+            outcome = {502: "bad_answer", 503: "unavailable", 504: "timeout"}.get(exc.status, "error")
+            raise
+        else:
+            if 200 <= reply.status < 300 or reply.status in ok_statuses:
+                outcome = "ok"
+                return reply
+            outcome = "bad_status"
+            raise DownstreamBadAnswer(
+                f"{service} service answered {reply.status}",
+                details={"service": service, "status": reply.status, "body": _excerpt(reply.body)},
+            )
+        finally:
+            if self._observer is not None:
+                self._observer(service, outcome, time.perf_counter() - started)
+
+    async def _acquire(self, service: Service) -> None:
+        slots = self._slots[service]
+        if not slots.locked():
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(self.settings.http_pool_timeout_s):
+                await slots.acquire()
+        except TimeoutError:
+            raise DownstreamUnavailable(
+                f"{service} service is saturated ({self.settings.downstream_max_concurrency} calls in flight)",
+                details={"service": service, "reason": "overloaded"},
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def _attempts(
+        self, service: Service, method: str, url: str, body: Any, headers: dict[str, str], safe: bool
+    ) -> Reply:
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self.client.request(method, url, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                kind = _classify(exc)
+                if (
+                    attempt < self.settings.http_retries
+                    and (safe or _never_sent(exc))
+                    and kind is not DownstreamTimeout
+                ):
+                    attempt += 1
+                    await self._backoff(attempt)
+                    continue
+                raise kind(
+                    f"{service} service {_describe(kind)}: {type(exc).__name__}",
+                    details={"service": service, "error": type(exc).__name__},
+                ) from None
+            if response.status_code in (502, 503, 504) and safe and attempt < self.settings.http_retries:
+                attempt += 1
+                await self._backoff(attempt)
+                continue
+            return Reply(response.status_code, _parse(service, response), time.perf_counter() - started)
+
+    async def _backoff(self, attempt: int) -> None:
+        base = self.settings.http_retry_backoff_s * (2 ** (attempt - 1))
+        await asyncio.sleep(base * random.uniform(0.5, 1.5))
+
+    def pool_stats(self) -> dict[str, int]:
+        """Connections currently checked out of the pool (0 when idle: nothing leaked)."""
+        inner = getattr(self.transport, "client", None)
+        if isinstance(inner, aiohttp.ClientSession):
+            connector = inner.connector
+            acquired = len(getattr(connector, "_acquired", ()))
+            return {"in_use": acquired}
+        pool = getattr(self.transport, "_pool", None)
+        if pool is not None:
+            return {"in_use": sum(1 for c in pool.connections if not c.is_idle())}
+        return {"in_use": 0}
+
+
+def _describe(kind: type[DownstreamError]) -> str:
+    if kind is DownstreamUnavailable:
+        return "is unreachable"
+    if kind is DownstreamTimeout:
+        return "timed out"
+    return "gave a bad answer"
+
+
+def _parse(service: str, response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        if response.is_success:
+            raise DownstreamBadAnswer(
+                f"{service} service answered with invalid JSON",
+                details={"service": service, "status": response.status_code, "body": _excerpt(response.text)},
+            ) from None
+        return response.text
+
+
+def _excerpt(body: Any) -> Any:
+    if isinstance(body, str):
+        return body[:300]
+    text = json.dumps(body)
+    return body if len(text) <= 1000 else text[:1000]

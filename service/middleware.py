@@ -1,0 +1,150 @@
+"""Pure ASGI middleware: request id, load shedding, body-size bound, access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.context import request_id_var
+from service.errors import PayloadTooLarge
+
+access_log = logging.getLogger("service.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+EXEMPT_FROM_SHEDDING = ("/health", "/metrics")
+
+
+def _json_error(status: int, code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
+
+
+class RequestContext:
+    """Gives every request an id (the caller's ``X-Request-ID`` when sane), echoes it, bounds in-flight work
+    and body size, and writes one access-log line per request (never the Authorization header)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_in_flight: int,
+        body_limit: Callable[[str], int],
+        on_done: Callable[[Scope, int, float], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.body_limit = body_limit
+        self.on_done = on_done
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if REQUEST_ID_RE.match(candidate):
+                    rid = candidate
+                break
+        rid = rid or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode())
+        started = time.perf_counter()
+        status_holder = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        path: str = scope["path"]
+        try:
+            if self.in_flight >= self.max_in_flight and not path.startswith(EXEMPT_FROM_SHEDDING):
+                await self._reject(
+                    send_wrapper,
+                    503,
+                    "overloaded",
+                    "server is at capacity; retry shortly",
+                    [(b"retry-after", b"1"), rid_header],
+                )
+                return
+            limit = self.body_limit(path)
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                await self._reject(
+                    send_wrapper, 413, "payload_too_large", f"request body exceeds {limit} bytes", [rid_header]
+                )
+                return
+            self.in_flight += 1
+            try:
+                await self.app(scope, _bounded(receive, limit), send_wrapper)
+            finally:
+                self.in_flight -= 1
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.on_done is not None:
+                self.on_done(scope, status_holder[0], elapsed)
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status_holder[0],
+                elapsed * 1000,
+                extra={
+                    "request_id": rid,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status_holder[0],
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+            request_id_var.reset(token)
+
+    @staticmethod
+    async def _reject(send: Send, status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        body = _json_error(status, code, message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *[h for h in headers if h[0] != b"x-request-id"],
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return message
+
+    return wrapped

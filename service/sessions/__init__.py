@@ -1,0 +1,1 @@
+"""Session rules: lifecycle, events, metadata, access; no HTTP here."""

@@ -1,0 +1,222 @@
+"""Request and response types: they validate input and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+State = Annotated[int, Field(ge=0, le=8, description="client state code, 0..8")]
+Status = Literal["ACTIVE", "COMPLETED", "CANCELLED", "FAULTED"]
+EndStatus = Literal["COMPLETED", "CANCELLED", "FAULTED"]
+EVENT_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
+# Written by the service itself; clients cannot forge them.
+SERVICE_EVENT_TYPES = frozenset(
+    {
+        "SESSION_STARTED",
+        "STATE_CHANGED",
+        "SESSION_ENDED",
+        "RAG_QUERY",
+        "QUESTIONS_GENERATED",
+        "DOCUMENTS_PROCESSED",
+        "DOCUMENTS_REPROCESSED",
+        "RAG_SETTINGS_UPDATED",
+        "METADATA_UPDATED",
+    }
+)
+# Keys of the stored metadata object that the service owns; client metadata may not set them.
+RESERVED_METADATA_KEYS = frozenset({"name", "category", "description", "rag_settings", "counters"})
+COUNTERS = ("document_count", "total_chunks", "query_count", "questions_generated")
+MAX_JSON_DEPTH = 16
+
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def json_depth(value: Any, depth: int = 0) -> int:
+    if depth > MAX_JSON_DEPTH:
+        return depth
+    if isinstance(value, dict):
+        return max((json_depth(v, depth + 1) for v in value.values()), default=depth + 1)
+    if isinstance(value, list):
+        return max((json_depth(v, depth + 1) for v in value), default=depth + 1)
+    return depth
+
+
+def _check_client_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    reserved = RESERVED_METADATA_KEYS.intersection(value)
+    if reserved:
+        raise ValueError(f"keys {sorted(reserved)} are set through their own fields, not metadata")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"metadata is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+class RagSettings(Strict):
+    """Stored RAG defaults of a session; every field optional."""
+
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    use_rerank: bool | None = None
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
+    model: str | None = Field(default=None, min_length=1, max_length=100)
+    chain_type: str | None = Field(default=None, min_length=1, max_length=50)
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class SessionCreate(Strict):
+    name: ShortText
+    category: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=2000)
+    start_state: State = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    rag_settings: RagSettings | None = None
+
+    _meta = field_validator("metadata")(_check_client_metadata)
+
+
+class SessionPatch(Strict):
+    """Only the fields sent change. ``metadata`` is an RFC 7396 merge patch: null removes a key."""
+
+    name: ShortText | None = None
+    category: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=2000)
+    metadata: dict[str, Any] | None = None
+
+    _meta = field_validator("metadata")(lambda v: None if v is None else _check_client_metadata(v))
+
+
+class EventCreate(Strict):
+    """A client event; ``state`` (0..8) also records STATE_CHANGED from the last known state."""
+
+    event_type: str | None = Field(default=None, min_length=1, max_length=64)
+    event_data: dict[str, Any] | None = None
+    state: State | None = None
+
+    @field_validator("event_type")
+    @classmethod
+    def _type(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not EVENT_TYPE_RE.match(v):
+            raise ValueError("event_type must be UPPER_SNAKE_CASE")
+        if v in SERVICE_EVENT_TYPES and v != "STATE_CHANGED":
+            raise ValueError(f"{v} is written by the service itself")
+        return v
+
+    @field_validator("event_data")
+    @classmethod
+    def _data(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and json_depth(v) > MAX_JSON_DEPTH:
+            raise ValueError(f"event_data is nested deeper than {MAX_JSON_DEPTH} levels")
+        return v
+
+
+class SessionEnd(Strict):
+    status: EndStatus = "COMPLETED"
+    end_state: State
+
+
+class ListQuery(Strict):
+    status: Status | None = None
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    category: str | None = Field(default=None, max_length=100)
+    started_after: int | None = Field(default=None, ge=0, description="Unix ms")
+    started_before: int | None = Field(default=None, ge=0, description="Unix ms")
+    ended_after: int | None = Field(default=None, ge=0, description="Unix ms")
+    ended_before: int | None = Field(default=None, ge=0, description="Unix ms")
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class EventsQuery(Strict):
+    limit: int = Field(default=100, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=512)
+
+
+class GetQuery(Strict):
+    include: Literal["events"] | None = None
+
+
+# -- responses -------------------------------------------------------------------------------------------
+class Counters(BaseModel):
+    document_count: int = 0
+    total_chunks: int = 0
+    query_count: int = 0
+    questions_generated: int = 0
+
+
+class EventOut(BaseModel):
+    id: int
+    session_id: str
+    event_type: str
+    timestamp: str
+    timestamp_ms: int
+    event_data: dict[str, Any] | None
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    user_id: str
+    status: Status
+    name: str | None
+    category: str | None
+    description: str | None
+    start_state: int
+    current_state: int
+    end_state: int | None
+    start_time: str
+    start_time_ms: int
+    end_time: str | None
+    end_time_ms: int | None
+    duration_ms: int | None
+    metadata: dict[str, Any]
+    rag_settings: dict[str, Any]
+    counters: Counters
+    created_at: str
+    created_at_ms: int
+    updated_at: str
+    updated_at_ms: int
+    events: list[EventOut] | None = None
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionOut]
+    next_cursor: str | None
+    limit: int
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next_cursor: str | None
+    limit: int
+
+
+class EventsAppended(BaseModel):
+    events: list[EventOut]
+    current_state: int
+
+
+class Deleted(BaseModel):
+    session_id: str
+    deleted: bool
+    events_deleted: int
+    collection_deleted: bool | None = None
+
+
+class DurationStats(BaseModel):
+    count: int
+    avg_ms: float | None
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+class Stats(BaseModel):
+    total: int
+    by_status: dict[str, int]
+    durations: DurationStats
+    events_by_type: dict[str, int]

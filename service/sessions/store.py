@@ -1,0 +1,419 @@
+"""Session storage: each public function is one awaited database call (one thread hop)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from typing import Any
+
+from service.auth import Principal
+from service.db import Database
+from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_found
+from service.sessions import access
+from service.sessions.cursor import decode_cursor, encode_cursor
+from service.sessions.models import (
+    COUNTERS,
+    RESERVED_METADATA_KEYS,
+    EventCreate,
+    EventsQuery,
+    ListQuery,
+    SessionCreate,
+    SessionEnd,
+    SessionPatch,
+)
+from service.timeutil import iso, now_ms
+
+SESSION_COLUMNS = (
+    "session_id, user_id, start_time, end_time, start_state, end_state, current_state, status, metadata, "
+    "created_at, updated_at"
+)
+EVENT_COLUMNS = "id, session_id, event_type, timestamp, event_data"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+def session_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(row["metadata"])
+    counters = meta.get("counters") or {}
+    end = row["end_time"]
+    return {
+        "session_id": row["session_id"],
+        "user_id": row["user_id"],
+        "status": row["status"],
+        "name": meta.get("name"),
+        "category": meta.get("category"),
+        "description": meta.get("description"),
+        "start_state": row["start_state"],
+        "current_state": row["current_state"],
+        "end_state": row["end_state"],
+        "start_time": iso(row["start_time"]),
+        "start_time_ms": row["start_time"],
+        "end_time": iso(end),
+        "end_time_ms": end,
+        "duration_ms": None if end is None else end - row["start_time"],
+        "metadata": {k: v for k, v in meta.items() if k not in RESERVED_METADATA_KEYS},
+        "rag_settings": meta.get("rag_settings") or {},
+        "counters": {name: int(counters.get(name) or 0) for name in COUNTERS},
+        "created_at": iso(row["created_at"]),
+        "created_at_ms": row["created_at"],
+        "updated_at": iso(row["updated_at"]),
+        "updated_at_ms": row["updated_at"],
+    }
+
+
+def event_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    data = row["event_data"]
+    return {
+        "id": row["id"],
+        "session_id": row["session_id"],
+        "event_type": row["event_type"],
+        "timestamp": iso(row["timestamp"]),
+        "timestamp_ms": row["timestamp"],
+        "event_data": None if data is None else json.loads(data),
+    }
+
+
+# -- helpers run on the writer's thread ---------------------------------------------------------------------
+def insert_event(conn: sqlite3.Connection, session_id: str, event_type: str, ts: int, data: Any) -> dict[str, Any]:
+    text = None if data is None else dumps(data)
+    cur = conn.execute(
+        "INSERT INTO session_events (session_id, event_type, timestamp, event_data) VALUES (?, ?, ?, ?)",
+        (session_id, event_type, ts, text),
+    )
+    return event_out(
+        {"id": cur.lastrowid, "session_id": session_id, "event_type": event_type, "timestamp": ts, "event_data": text}
+    )
+
+
+def owned_row(conn: sqlite3.Connection, principal: Principal, session_id: str) -> sqlite3.Row:
+    """The session row if the caller may change it; raises 404 (or 403 where it is visible) otherwise."""
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - constant columns
+        (session_id,),
+    ).fetchone()
+    if row is None:
+        raise session_not_found(session_id)
+    if not access.can_modify(principal, row["user_id"]):
+        if principal.role == "student" and row["status"] == "ACTIVE":
+            raise Forbidden("your role may not change this session")
+        raise session_not_found(session_id)
+    return row
+
+
+def require_active(row: sqlite3.Row) -> None:
+    if row["status"] != "ACTIVE":
+        raise Conflict(
+            f"session is {row['status']}, not ACTIVE",
+            details={"session_id": row["session_id"], "status": row["status"]},
+        )
+
+
+# -- operations ----------------------------------------------------------------------------------------------
+async def create_session(
+    db: Database, principal: Principal, body: SessionCreate, *, max_metadata_bytes: int
+) -> dict[str, Any]:
+    access.require_creator(principal)
+    meta: dict[str, Any] = dict(body.metadata)
+    meta["name"] = body.name
+    if body.category is not None:
+        meta["category"] = body.category
+    if body.description is not None:
+        meta["description"] = body.description
+    meta["rag_settings"] = body.rag_settings.model_dump(exclude_none=True) if body.rag_settings else {}
+    meta["counters"] = dict.fromkeys(COUNTERS, 0)
+    meta_text = dumps(meta)
+    if len(meta_text.encode()) > max_metadata_bytes:
+        raise PayloadTooLarge(f"metadata exceeds {max_metadata_bytes} bytes")
+    session_id = uuid.uuid4().hex
+    ts = now_ms()
+    row = {
+        "session_id": session_id,
+        "user_id": principal.id,
+        "start_time": ts,
+        "end_time": None,
+        "start_state": body.start_state,
+        "end_state": None,
+        "current_state": body.start_state,
+        "status": "ACTIVE",
+        "metadata": meta_text,
+        "created_at": ts,
+        "updated_at": ts,
+    }
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        conn.execute(
+            f"INSERT INTO sessions ({SESSION_COLUMNS}) VALUES "  # noqa: S608 - constant columns
+            "(:session_id, :user_id, :start_time, :end_time, :start_state, :end_state, :current_state, "
+            ":status, :metadata, :created_at, :updated_at)",
+            row,
+        )
+        return insert_event(
+            conn, session_id, "SESSION_STARTED", ts, {"start_state": body.start_state, "name": body.name}
+        )
+
+    event = await db.write(run)
+    out = session_out(row)
+    out["events"] = [event]
+    return out
+
+
+async def get_session(db: Database, principal: Principal, session_id: str, *, with_events: bool) -> dict[str, Any]:
+    clause, params = access.visible(principal)
+    sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?{clause}"  # noqa: S608 - fixed fragments
+    if not with_events:
+        rows = await db.read(sql, (session_id, *params))
+        if not rows:
+            raise session_not_found(session_id)
+        return session_out(rows[0])
+
+    def run(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+        row = conn.execute(sql, (session_id, *params)).fetchone()
+        if row is None:
+            return None, []
+        events = conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id LIMIT 1000",  # noqa: S608
+            (session_id,),
+        ).fetchall()
+        return row, events
+
+    found, events = await db.read_fn(run)
+    if found is None:
+        raise session_not_found(session_id)
+    out = session_out(found)
+    out["events"] = [event_out(e) for e in events]
+    return out
+
+
+async def list_sessions(db: Database, principal: Principal, query: ListQuery, *, secret: str) -> dict[str, Any]:
+    clause, params = access.visible(principal)
+    where = ["1 = 1" + clause]
+    args: list[Any] = list(params)
+    if query.user_id is not None:
+        if principal.role != "admin" and query.user_id != principal.id:
+            raise Forbidden("only admins may filter by another user_id")
+        where.append("user_id = ?")
+        args.append(query.user_id)
+    if query.status == "ACTIVE":
+        # literal, so the partial index idx_sessions_active applies
+        where.append("status = 'ACTIVE' AND end_time IS NULL")
+    elif query.status is not None:
+        where.append("status = ?")
+        args.append(query.status)
+    if query.category is not None:
+        where.append("json_extract(metadata, '$.category') = ?")
+        args.append(query.category)
+    for value, sql in (
+        (query.started_after, "start_time >= ?"),
+        (query.started_before, "start_time < ?"),
+        (query.ended_after, "end_time >= ?"),
+        (query.ended_before, "end_time < ?"),
+    ):
+        if value is not None:
+            where.append(sql)
+            args.append(value)
+    if query.cursor is not None:
+        start, sid = decode_cursor(query.cursor, secret, (int, str))
+        where.append("start_time <= ? AND (start_time < ? OR session_id > ?)")
+        args.extend((start, start, sid))
+    sql = (
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
+        "ORDER BY start_time DESC, session_id ASC LIMIT ?"
+    )
+    args.append(query.limit + 1)
+    rows = await db.read(sql, args)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = encode_cursor([rows[-1]["start_time"], rows[-1]["session_id"]], secret) if more and rows else None
+    return {"sessions": [session_out(r) for r in rows], "next_cursor": next_cursor, "limit": query.limit}
+
+
+async def patch_session(
+    db: Database, principal: Principal, session_id: str, patch: SessionPatch, *, max_metadata_bytes: int
+) -> dict[str, Any]:
+    sent = patch.model_fields_set
+    if not sent:
+        raise ValidationFailed("send at least one of name, category, description, metadata")
+    if "name" in sent and patch.name is None:
+        raise ValidationFailed("name cannot be removed", details=[{"loc": ["body", "name"], "msg": "null"}])
+    expr = "metadata"
+    args: list[Any] = []
+    for field in ("name", "category", "description"):  # fixed names: never from the client
+        if field in sent:
+            value = getattr(patch, field)
+            if value is None:
+                expr = f"json_remove({expr}, '$.{field}')"
+            else:
+                expr = f"json_set({expr}, '$.{field}', ?)"
+                args.append(value)
+    if "metadata" in sent and patch.metadata is not None:
+        expr = f"json_patch({expr}, ?)"
+        args.append(dumps(patch.metadata))
+    changed = {k: getattr(patch, k) for k in sorted(sent)}
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        owned_row(conn, principal, session_id)
+        ts = now_ms()
+        row = conn.execute(
+            f"UPDATE sessions SET metadata = {expr}, updated_at = ? WHERE session_id = ? "  # noqa: S608
+            f"RETURNING {SESSION_COLUMNS}",
+            (*args, ts, session_id),
+        ).fetchone()
+        if len(row["metadata"].encode()) > max_metadata_bytes:
+            raise PayloadTooLarge(f"metadata would exceed {max_metadata_bytes} bytes")
+        insert_event(conn, session_id, "METADATA_UPDATED", ts, {"fields": sorted(sent), "changes": changed})
+        return session_out(row)
+
+    return await db.write(run)
+
+
+async def append_event(db: Database, principal: Principal, session_id: str, body: EventCreate) -> dict[str, Any]:
+    if body.event_type is None and body.state is None:
+        raise ValidationFailed("send event_type, state, or both")
+    if body.event_type == "STATE_CHANGED" and body.state is None:
+        raise ValidationFailed("STATE_CHANGED needs a state")
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = owned_row(conn, principal, session_id)
+        require_active(row)
+        ts = now_ms()
+        events = []
+        state = row["current_state"]
+        if body.event_type is not None and body.event_type != "STATE_CHANGED":
+            events.append(insert_event(conn, session_id, body.event_type, ts, body.event_data))
+        if body.state is not None:
+            data: dict[str, Any] = {"from": state, "to": body.state}
+            if body.event_type == "STATE_CHANGED" and body.event_data:
+                data = {**body.event_data, **data}
+            events.append(insert_event(conn, session_id, "STATE_CHANGED", ts, data))
+            conn.execute(
+                "UPDATE sessions SET current_state = ?, updated_at = ? WHERE session_id = ?",
+                (body.state, ts, session_id),
+            )
+            state = body.state
+        return {"events": events, "current_state": state}
+
+    return await db.write(run)
+
+
+async def end_session(db: Database, principal: Principal, session_id: str, body: SessionEnd) -> dict[str, Any]:
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = owned_row(conn, principal, session_id)
+        if row["status"] != "ACTIVE":
+            raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"]})
+        ts = max(now_ms(), row["start_time"])
+        if body.end_state != row["current_state"]:
+            insert_event(conn, session_id, "STATE_CHANGED", ts, {"from": row["current_state"], "to": body.end_state})
+        updated = conn.execute(
+            "UPDATE sessions SET status = ?, end_time = ?, end_state = ?, current_state = ?, updated_at = ? "  # noqa: S608
+            f"WHERE session_id = ? RETURNING {SESSION_COLUMNS}",
+            (body.status, ts, body.end_state, body.end_state, ts, session_id),
+        ).fetchone()
+        insert_event(
+            conn,
+            session_id,
+            "SESSION_ENDED",
+            ts,
+            {"status": body.status, "end_state": body.end_state, "duration_ms": ts - row["start_time"]},
+        )
+        return session_out(updated)
+
+    return await db.write(run)
+
+
+async def delete_session(db: Database, principal: Principal, session_id: str) -> dict[str, Any]:
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        owned_row(conn, principal, session_id)
+        events = conn.execute("SELECT count(*) FROM session_events WHERE session_id = ?", (session_id,)).fetchone()[0]
+        conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+        return {"session_id": session_id, "deleted": True, "events_deleted": int(events)}
+
+    return await db.write(run)
+
+
+async def list_events(
+    db: Database, principal: Principal, session_id: str, query: EventsQuery, *, secret: str
+) -> dict[str, Any]:
+    clause, params = access.visible(principal)
+    after = 0
+    if query.cursor is not None:
+        (after,) = decode_cursor(query.cursor, secret, (int,))
+
+    def run(conn: sqlite3.Connection) -> list[sqlite3.Row] | None:
+        found = conn.execute(
+            f"SELECT 1 FROM sessions WHERE session_id = ?{clause}",  # noqa: S608 - fixed fragments
+            (session_id, *params),
+        ).fetchone()
+        if found is None:
+            return None
+        return conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE session_id = ? AND id > ? "  # noqa: S608
+            "ORDER BY id LIMIT ?",
+            (session_id, after, query.limit + 1),
+        ).fetchall()
+
+    rows = await db.read_fn(run)
+    if rows is None:
+        raise session_not_found(session_id)
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = encode_cursor([rows[-1]["id"]], secret) if more and rows else None
+    return {"events": [event_out(r) for r in rows], "next_cursor": next_cursor, "limit": query.limit}
+
+
+def _percentile(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], count: int, q: float) -> int | None:
+    if count == 0:
+        return None
+    offset = min(count - 1, max(0, int(round(q * (count - 1)))))
+    row = conn.execute(
+        f"SELECT end_time - start_time FROM sessions WHERE {where} "  # noqa: S608 - fixed fragments
+        "ORDER BY end_time - start_time LIMIT 1 OFFSET ?",
+        (*args, offset),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def stats(db: Database, principal: Principal) -> dict[str, Any]:
+    if principal.role == "student":
+        raise Forbidden("students may not read session statistics")
+    own = principal.role == "teacher"
+    scope = "user_id = ?" if own else "1 = 1"
+    scope_args: tuple[Any, ...] = (principal.id,) if own else ()
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        by_status = {
+            r[0]: r[1]
+            for r in conn.execute(
+                f"SELECT status, count(*) FROM sessions WHERE {scope} GROUP BY status",  # noqa: S608
+                scope_args,
+            )
+        }
+        ended = f"{scope} AND status != 'ACTIVE'"
+        count, avg = conn.execute(
+            f"SELECT count(*), avg(end_time - start_time) FROM sessions WHERE {ended}",  # noqa: S608
+            scope_args,
+        ).fetchone()
+        if own:
+            types = conn.execute(
+                "SELECT e.event_type, count(*) FROM session_events e JOIN sessions s USING (session_id) "
+                "WHERE s.user_id = ? GROUP BY e.event_type",
+                scope_args,
+            ).fetchall()
+        else:
+            types = conn.execute("SELECT event_type, count(*) FROM session_events GROUP BY event_type").fetchall()
+        return {
+            "total": sum(by_status.values()),
+            "by_status": {s: by_status.get(s, 0) for s in ("ACTIVE", "COMPLETED", "CANCELLED", "FAULTED")},
+            "durations": {
+                "count": count,
+                "avg_ms": None if avg is None else float(avg),
+                "p50_ms": _percentile(conn, ended, scope_args, count, 0.5),
+                "p95_ms": _percentile(conn, ended, scope_args, count, 0.95),
+            },
+            "events_by_type": {r[0]: r[1] for r in types},
+        }
+
+    return await db.read_fn(run)
