@@ -107,8 +107,7 @@ class RagApi:
         )
         count = await self.store.add_document(doc)
         return JSONResponse(
-            {"success": True, "chunks_processed": count, "collection_name": doc.collection,
-             "document_id": doc.doc_id}
+            {"success": True, "chunks_processed": count, "collection_name": doc.collection, "document_id": doc.doc_id}
         )
 
     async def reprocess(self, request: Request) -> Response:
@@ -145,9 +144,7 @@ class RagApi:
         return JSONResponse(
             {
                 "answer": compose_answer(hits, body.max_context_chars),
-                "sources": [
-                    {"chunk_text": h.chunk.text, "score": h.score, "metadata": h.chunk.metadata} for h in hits
-                ],
+                "sources": [{"chunk_text": h.chunk.text, "score": h.score, "metadata": h.chunk.metadata} for h in hits],
                 "chain_type": body.chain_type,
             }
         )

@@ -17,9 +17,7 @@ def validate_fault(fault: str) -> str:
         code = fault.removeprefix("status_")
         if code.isdigit() and 400 <= int(code) <= 599:
             return fault
-    raise ValueError(
-        f"unknown fault {fault!r}: expected one of {sorted(FAULT_MODES)} or status_<400..599>"
-    )
+    raise ValueError(f"unknown fault {fault!r}: expected one of {sorted(FAULT_MODES)} or status_<400..599>")
 
 
 def validate_paths(paths: tuple[str, ...]) -> tuple[str, ...]:

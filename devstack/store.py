@@ -181,12 +181,7 @@ class RagStore:
 
     def session_chunks(self, session_id: str) -> list[Chunk]:
         names = dict.fromkeys(doc.collection for doc in self.documents.get(session_id, ()))
-        return [
-            chunk
-            for name in names
-            for chunk in self.collections[name].chunks
-            if chunk.session_id == session_id
-        ]
+        return [chunk for name in names for chunk in self.collections[name].chunks if chunk.session_id == session_id]
 
     def delete_session(self, session_id: str) -> int:
         docs = self.documents.pop(session_id, [])

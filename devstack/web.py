@@ -37,9 +37,7 @@ async def read_model(request: Request, model: type[M], max_bytes: int) -> M:
     try:
         return model.model_validate_json(bytes(body))
     except ValidationError as exc:
-        raise ApiError(
-            422, exc.errors(include_url=False, include_context=False, include_input=False)
-        ) from None
+        raise ApiError(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
 
 
 def path_id(request: Request, name: str = "session_id") -> str:

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import admin, health, sessions
+from service.api import admin, health, rag, sessions
 from service.api.endpoint import Endpoint, routes_for
 from service.api.openapi import build_openapi
 from service.auth import Authenticator
@@ -30,7 +30,7 @@ log = logging.getLogger("service")
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*health.ENDPOINTS, *sessions.ENDPOINTS, *admin.ENDPOINTS]
+    return [*health.ENDPOINTS, *sessions.ENDPOINTS, *rag.ENDPOINTS, *admin.ENDPOINTS]
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         for line in db.migrations_applied:
             log.info("migration: %s", line)
         # Building the client loads CA certificates from disk: do it off the loop.
-        client = downstream or await asyncio.to_thread(Downstream, settings)
+        client = downstream if downstream is not None else await asyncio.to_thread(Downstream, settings)
         try:
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
             yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth)}

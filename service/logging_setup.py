@@ -41,7 +41,8 @@ class RequestIdQueueHandler(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
-        return super().prepare(record)
+        prepared: logging.LogRecord = super().prepare(record)
+        return prepared
 
 
 def configure(level: str, *, as_json: bool, access_log: bool) -> None:

@@ -62,6 +62,7 @@ class Settings:
     rag_default_model: str = "default"
     rag_default_chain_type: str = "stuff"
     rag_default_embedding_model: str = "default"
+    rag_default_max_tokens: int = 512
     question_context_max_chars: int = 8000
     question_context_max_chunks: int = 40
     question_model: str = "default"

@@ -67,10 +67,11 @@ SUMMARY_REJECTS_SHOWN = 5
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
-# Extended ISO-8601 date and time, 'T' or ' ' between them; optional seconds, fraction and offset (Z or +HH[:MM...]).
+# Extended ISO-8601 date and time, 'T' or ' ' between them; optional seconds, fraction and offset (Z or
+# +HH[:MM[:SS]]). No fraction in the offset: ISO has none, and CPython 3.11 mis-parses "+00:00:00.000001".
 _ISO_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?"
-    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:\.[0-9]+)?)?)?)?"
+    r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2})?)?)?"
 )
 
 _SESSION_INSERT = (
@@ -137,8 +138,9 @@ def is_legacy(conn: sqlite3.Connection) -> bool:
 def parse_legacy_timestamp(value: object) -> int | None:
     """ISO-8601 text to Unix milliseconds (floored); naive times are UTC. None or blank text gives None.
 
-    Accepts ``YYYY-MM-DD`` then ``T`` or a space, ``HH:MM[:SS[.fraction]]`` and an optional ``Z`` or ``+HH:MM``
-    style offset. Anything else (other types, a date without a time, impossible dates) raises ``ValueError``.
+    Accepts ``YYYY-MM-DD`` then ``T`` or a space, ``HH:MM[:SS[.fraction]]`` and an optional ``Z`` or
+    ``+HH[:MM[:SS]]`` offset (colons optional). Anything else (other types, a date without a time, impossible
+    dates) raises ``ValueError``.
     """
     if value is None:
         return None

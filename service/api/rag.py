@@ -1,0 +1,203 @@
+"""RAG gateway routes (SPEC 3): query, questions, documents, rag-settings, profile, downstream health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from service.api.endpoint import Call, Endpoint, validation_details
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.rag.models import (
+    GenerateQuestionsRequest,
+    GenerateQuestionsResponse,
+    ProcessForm,
+    ProcessResponse,
+    ProcessUpload,
+    Profile,
+    RagQueryRequest,
+    RagQueryResponse,
+    RagSettingsOut,
+    RagSettingsPatch,
+    ReprocessRequest,
+    ReprocessResponse,
+    ServicesHealth,
+)
+from service.rag.operations import Rag
+
+TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/md"})
+TEXT_SUFFIXES = (".md", ".markdown", ".txt", ".text")
+
+
+def rag(call: Call[Any, Any]) -> Rag:
+    return Rag(call.ctx.settings, call.ctx.db, call.ctx.downstream)
+
+
+def authorization(call: Call[Any, Any]) -> str | None:
+    return call.request.headers.get("authorization")
+
+
+async def rag_query(call: Call[RagQueryRequest, Any]) -> dict[str, Any]:
+    return await rag(call).query(call.principal, call.body, authorization(call))
+
+
+async def generate_questions(call: Call[GenerateQuestionsRequest, Any]) -> dict[str, Any]:
+    return await rag(call).generate_questions(call.principal, call.path["session_id"], call.body, authorization(call))
+
+
+async def reprocess(call: Call[ReprocessRequest, Any]) -> dict[str, Any]:
+    return await rag(call).reprocess(call.principal, call.path["session_id"], call.body, authorization(call))
+
+
+async def get_rag_settings(call: Call[Any, Any]) -> dict[str, Any]:
+    return await rag(call).rag_settings(call.principal, call.path["session_id"])
+
+
+async def patch_rag_settings(call: Call[RagSettingsPatch, Any]) -> dict[str, Any]:
+    patch = {k: getattr(call.body, k) for k in call.body.model_fields_set}
+    if not patch:
+        raise ValidationFailed("send at least one setting")
+    return await rag(call).patch_rag_settings(call.principal, call.path["session_id"], patch)
+
+
+async def profile(call: Call[Any, Any]) -> dict[str, Any]:
+    return {**call.principal.profile, "id": call.principal.id, "role_name": call.principal.role}
+
+
+async def services_health(call: Call[Any, Any]) -> Response:
+    result = await rag(call).services_health()
+    return JSONResponse(result, status_code=200 if result["status"] == "ok" else 503)
+
+
+async def process_and_store(call: Call[Any, Any]) -> dict[str, Any]:
+    settings = call.ctx.settings
+    request = call.request
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send documents as multipart/form-data")
+    try:
+        async with request.form(max_files=settings.max_upload_files, max_fields=20, max_part_size=65_536) as form:
+            fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+            uploads = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
+            if any(k != "files" for k, v in form.multi_items() if isinstance(v, UploadFile)):
+                raise ValidationFailed("file parts must be named 'files'")
+            try:
+                parsed = ProcessForm.model_validate(fields)
+            except ValidationError as exc:
+                raise ValidationFailed("invalid form fields", details=validation_details(exc)) from None
+            if parsed.chunk_overlap >= parsed.chunk_size:
+                raise ValidationFailed("chunk_overlap must be smaller than chunk_size")
+            if not uploads:
+                raise ValidationFailed("send one or more files in the 'files' field")
+            files = [await _read_text(upload, settings.max_upload_bytes) for upload in uploads]
+    except HTTPException as exc:  # raised by Starlette's multipart parser
+        if "Too many files" in str(exc.detail):
+            raise PayloadTooLarge(str(exc.detail), details={"max_files": settings.max_upload_files}) from None
+        if "Part exceeded maximum size" in str(exc.detail) or "Too many fields" in str(exc.detail):
+            raise PayloadTooLarge(str(exc.detail)) from None
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    return await rag(call).process_documents(call.principal, parsed, files, authorization(call))
+
+
+async def _read_text(upload: UploadFile, limit: int) -> tuple[str, str, int]:
+    name = (upload.filename or "document.txt")[:255]
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype not in TEXT_TYPES and not (
+        ctype in ("", "application/octet-stream") and name.lower().endswith(TEXT_SUFFIXES)
+    ):
+        raise UnsupportedMediaType(
+            f"{name}: only text/plain and text/markdown files are accepted", details={"content_type": ctype}
+        )
+    if upload.size is not None and upload.size > limit:
+        raise PayloadTooLarge(f"{name} is larger than {limit} bytes", details={"filename": name})
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{name} is larger than {limit} bytes", details={"filename": name})
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationFailed(f"{name} is not valid UTF-8 text", details={"filename": name}) from None
+    if "\x00" in text:
+        raise ValidationFailed(f"{name} contains NUL bytes", details={"filename": name})
+    if not text.strip():
+        raise ValidationFailed(f"{name} is empty", details={"filename": name})
+    return name, text, len(data)
+
+
+SID = "/sessions/{session_id}"
+TAG = "rag"
+ENDPOINTS = [
+    Endpoint(
+        "POST",
+        "/rag/query",
+        rag_query,
+        "Ask a question over the session's documents",
+        TAG,
+        body=RagQueryRequest,
+        response=RagQueryResponse,
+        errors=(403, 404, 409, 502, 503, 504),
+    ),
+    Endpoint(
+        "POST",
+        SID + "/generate-questions",
+        generate_questions,
+        "Generate questions from the session's chunks",
+        TAG,
+        body=GenerateQuestionsRequest,
+        response=GenerateQuestionsResponse,
+        errors=(403, 404, 409, 502, 503, 504),
+    ),
+    Endpoint(
+        "POST",
+        "/api/documents/process-and-store",
+        process_and_store,
+        "Upload text/markdown documents",
+        TAG,
+        body=ProcessUpload,
+        response=ProcessResponse,
+        multipart=True,
+        errors=(403, 404, 409, 413, 415, 422, 502, 503, 504),
+    ),
+    Endpoint(
+        "POST",
+        SID + "/reprocess",
+        reprocess,
+        "Re-chunk the session's documents",
+        TAG,
+        body=ReprocessRequest,
+        response=ReprocessResponse,
+        errors=(403, 404, 409, 502, 503, 504),
+    ),
+    Endpoint(
+        "GET",
+        SID + "/rag-settings",
+        get_rag_settings,
+        "Stored RAG defaults of the session",
+        TAG,
+        response=RagSettingsOut,
+        errors=(404,),
+    ),
+    Endpoint(
+        "PATCH",
+        SID + "/rag-settings",
+        patch_rag_settings,
+        "Merge RAG defaults (null removes a key)",
+        TAG,
+        body=RagSettingsPatch,
+        response=RagSettingsOut,
+        errors=(403, 404),
+    ),
+    Endpoint("GET", "/profile", profile, "The caller's profile from the auth service", "auth", response=Profile),
+    Endpoint(
+        "GET",
+        "/health/services",
+        services_health,
+        "Each downstream's /health, checked concurrently",
+        "health",
+        response=ServicesHealth,
+        auth=False,
+        errors=(503,),
+    ),
+]

@@ -1,0 +1,1 @@
+"""RAG gateway domain: settings precedence, question parsing, document ingestion; no HTTP here."""

@@ -1,0 +1,136 @@
+"""Request/response types of the RAG routes (validation and OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.sessions.models import RagSettings
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Turn(Strict):
+    role: Literal["user", "assistant", "system"]
+    content: str = Field(max_length=20_000)
+
+
+class RagQueryRequest(Strict):
+    session_id: str = Field(min_length=1, max_length=128)
+    query: str = Field(min_length=1, max_length=4000)
+    top_k: int | None = Field(default=None, ge=1, le=50)
+    use_rerank: bool | None = None
+    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
+    model: str | None = Field(default=None, min_length=1, max_length=100)
+    chain_type: str | None = Field(default=None, min_length=1, max_length=50)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    conversation_history: list[Turn] = Field(default_factory=list, max_length=50)
+
+
+class Source(BaseModel):
+    chunk_text: str | None = None
+    score: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RagQueryResponse(BaseModel):
+    session_id: str
+    answer: str
+    sources: list[Source]
+    chain_type: str | None
+    settings_used: dict[str, Any]
+    latency_ms: float
+
+
+class GenerateQuestionsRequest(Strict):
+    count: int = Field(default=5, ge=1, le=20)
+
+
+class GenerateQuestionsResponse(BaseModel):
+    session_id: str
+    questions: list[str]
+    count: int
+    model_used: str | None
+    context_chunks: int
+    context_chars: int
+
+
+class ReprocessRequest(Strict):
+    chunk_size: int = Field(default=1000, ge=50, le=20_000)
+    chunk_overlap: int = Field(default=200, ge=0, le=10_000)
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ReprocessResponse(BaseModel):
+    session_id: str
+    success: bool
+    chunks_processed: int
+    total_chunks: int
+
+
+class FileResult(BaseModel):
+    filename: str
+    success: bool
+    chunks_processed: int = 0
+    bytes: int = 0
+    error: dict[str, Any] | None = None
+
+
+class ProcessResponse(BaseModel):
+    session_id: str
+    files: list[FileResult]
+    succeeded: int
+    failed: int
+    chunks_processed: int
+    document_count: int
+    total_chunks: int
+
+
+class ProcessForm(Strict):
+    """The multipart fields of a document upload (``files`` are the file parts)."""
+
+    session_id: str = Field(min_length=1, max_length=128)
+    chunk_size: int = Field(default=1000, ge=50, le=20_000)
+    chunk_overlap: int = Field(default=200, ge=0, le=10_000)
+    chunk_strategy: Literal["fixed", "paragraph", "sentence"] = "fixed"
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class ProcessUpload(ProcessForm):
+    """The multipart body as documented: the form fields plus one or more text/markdown ``files``."""
+
+    files: list[bytes] = Field(min_length=1, json_schema_extra={"items": {"type": "string", "format": "binary"}})
+
+
+class RagSettingsPatch(RagSettings):
+    """Fields sent are merged into the stored settings; a null removes the key."""
+
+
+class RagSettingsOut(BaseModel):
+    session_id: str
+    rag_settings: dict[str, Any]
+    effective: dict[str, Any]
+
+
+class ServiceHealth(BaseModel):
+    status: Literal["ok", "error"]
+    url: str
+    latency_ms: float
+    detail: Any = None
+
+
+class ServicesHealth(BaseModel):
+    status: Literal["ok", "degraded"]
+    services: dict[str, ServiceHealth]
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    username: str | None = None
+    email: str | None = None
+    role_name: str

@@ -1,0 +1,303 @@
+"""RAG actions: check the session, call the downstream, record the event and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.auth import Principal
+from service.db import Database
+from service.downstream import Downstream, DownstreamError
+from service.downstream.client import SERVICES, DownstreamBadAnswer
+from service.errors import ApiError, BadGateway, Conflict, ValidationFailed
+from service.rag import precedence, questions
+from service.rag import store as rag_store
+from service.rag.models import GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
+from service.settings import Settings
+
+
+def collection_name(session_id: str) -> str:
+    return f"session_{session_id}"
+
+
+@dataclass(slots=True)
+class Rag:
+    settings: Settings
+    db: Database
+    downstream: Downstream
+
+    def _forward(self, authorization: str | None) -> dict[str, str]:
+        if self.settings.forward_authorization and authorization:
+            return {"Authorization": authorization}
+        return {}
+
+    async def _active_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        session = await rag_store.session_for_read(self.db, principal, session_id)
+        if session["status"] != "ACTIVE":
+            raise Conflict(
+                f"session is {session['status']}, not ACTIVE",
+                details={"session_id": session_id, "status": session["status"]},
+            )
+        return session
+
+    async def query(
+        self, principal: Principal, body: RagQueryRequest, authorization: str | None = None
+    ) -> dict[str, Any]:
+        session = await self._active_session(principal, body.session_id)
+        used = precedence.effective(
+            body.model_dump(),
+            body.model_fields_set,
+            session["rag_settings"],
+            precedence.service_defaults(self.settings),
+        )
+        payload = {
+            "session_id": body.session_id,
+            "collection_name": collection_name(body.session_id),
+            "query": body.query,
+            **{k: used[k] for k in precedence.QUERY_KEYS},
+            "max_tokens": body.max_tokens if body.max_tokens is not None else self.settings.rag_default_max_tokens,
+            "conversation_history": [t.model_dump() for t in body.conversation_history],
+        }
+        started = time.perf_counter()
+        reply = await self.downstream.call(
+            "rag", "POST", "/query", json_body=payload, headers=self._forward(authorization)
+        )
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        answer = reply.body
+        if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
+            raise DownstreamBadAnswer("rag service answer has no 'answer'", details={"service": "rag"})
+        raw_sources = answer.get("sources")
+        sources: list[Any] = raw_sources if isinstance(raw_sources, list) else []
+        await rag_store.record(
+            self.db,
+            body.session_id,
+            "RAG_QUERY",
+            {"query": body.query[:500], "latency_ms": latency_ms, "source_count": len(sources), "settings": used},
+            add={"query_count": 1},
+        )
+        return {
+            "session_id": body.session_id,
+            "answer": answer["answer"],
+            "sources": [s for s in sources if isinstance(s, dict)],
+            "chain_type": answer.get("chain_type", used["chain_type"]),
+            "settings_used": used,
+            "latency_ms": latency_ms,
+        }
+
+    async def generate_questions(
+        self, principal: Principal, session_id: str, body: GenerateQuestionsRequest, authorization: str | None = None
+    ) -> dict[str, Any]:
+        await self._active_session(principal, session_id)
+        headers = self._forward(authorization)
+        reply = await self.downstream.call("rag", "GET", f"/sessions/{session_id}/chunks", headers=headers)
+        chunks = reply.body.get("chunks") if isinstance(reply.body, dict) else None
+        if not isinstance(chunks, list):
+            raise DownstreamBadAnswer("rag service chunks answer is malformed", details={"service": "rag"})
+        context, used = questions.build_context(
+            (c for c in chunks if isinstance(c, Mapping)),
+            max_chars=self.settings.question_context_max_chars,
+            max_chunks=self.settings.question_context_max_chunks,
+        )
+        if not context:
+            raise Conflict("the session has no processed documents to ask about", details={"session_id": session_id})
+        reply = await self.downstream.call(
+            "question",
+            "POST",
+            "/models/generate",
+            json_body={
+                "prompt": questions.build_prompt(context, body.count),
+                "model": self.settings.question_model,
+                "temperature": 0.7,
+                "max_tokens": 128 * body.count,
+            },
+            headers=headers,
+        )
+        text = reply.body.get("response") if isinstance(reply.body, dict) else None
+        if not isinstance(text, str):
+            raise DownstreamBadAnswer("question service answer has no 'response'", details={"service": "question"})
+        found = questions.parse_questions(text, body.count)
+        if not found:
+            raise BadGateway(
+                "question service answer contained no questions",
+                details={"service": "question", "excerpt": text[:300]},
+            )
+        model_used = reply.body.get("model_used")
+        await rag_store.record(
+            self.db,
+            session_id,
+            "QUESTIONS_GENERATED",
+            {"requested": body.count, "returned": len(found), "model_used": model_used, "context_chunks": used},
+            add={"questions_generated": len(found)},
+        )
+        return {
+            "session_id": session_id,
+            "questions": found,
+            "count": len(found),
+            "model_used": model_used,
+            "context_chunks": used,
+            "context_chars": len(context),
+        }
+
+    async def process_documents(
+        self,
+        principal: Principal,
+        form: ProcessForm,
+        files: list[tuple[str, str, int]],
+        authorization: str | None = None,
+    ) -> dict[str, Any]:
+        """``files`` are (filename, text, bytes). Each goes downstream with bounded concurrency; the counters
+        count only what succeeded, in one write after the downstream answers."""
+        session = await rag_store.session_for_change(self.db, principal, form.session_id, active=True)
+        embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
+        embedding = embedding or self.settings.rag_default_embedding_model
+        gate = asyncio.Semaphore(4)
+        headers = self._forward(authorization)
+
+        async def one(filename: str, text: str, size: int) -> dict[str, Any]:
+            async with gate:
+                try:
+                    reply = await self.downstream.call(
+                        "rag",
+                        "POST",
+                        "/process-and-store",
+                        json_body={
+                            "text": text,
+                            "metadata": {"session_id": form.session_id, "filename": filename},
+                            "collection_name": collection_name(form.session_id),
+                            "chunk_size": form.chunk_size,
+                            "chunk_overlap": form.chunk_overlap,
+                            "chunk_strategy": form.chunk_strategy,
+                            "embedding_model": embedding,
+                        },
+                        headers=headers,
+                    )
+                except DownstreamError as exc:
+                    return {
+                        "filename": filename,
+                        "success": False,
+                        "bytes": size,
+                        "chunks_processed": 0,
+                        "error": {"status": exc.status, "message": exc.message},
+                    }
+            body = reply.body if isinstance(reply.body, dict) else {}
+            chunks = body.get("chunks_processed")
+            if body.get("success") is not True or not isinstance(chunks, int) or chunks < 0:
+                return {
+                    "filename": filename,
+                    "success": False,
+                    "bytes": size,
+                    "chunks_processed": 0,
+                    "error": {"status": 502, "message": "rag service did not confirm the document"},
+                }
+            return {"filename": filename, "success": True, "bytes": size, "chunks_processed": chunks, "error": None}
+
+        results = await asyncio.gather(*(one(*f) for f in files))
+        ok = [r for r in results if r["success"]]
+        chunks_total = sum(r["chunks_processed"] for r in ok)
+        if not ok:
+            raise BadGateway("no document was processed", details={"files": results})
+        counters = await rag_store.record(
+            self.db,
+            form.session_id,
+            "DOCUMENTS_PROCESSED",
+            {
+                "files": [
+                    {k: r[k] for k in ("filename", "success", "chunks_processed", "bytes", "error")} for r in results
+                ],
+                "chunk_size": form.chunk_size,
+                "chunk_overlap": form.chunk_overlap,
+                "chunk_strategy": form.chunk_strategy,
+                "embedding_model": embedding,
+            },
+            add={"document_count": len(ok), "total_chunks": chunks_total},
+        )
+        return {
+            "session_id": form.session_id,
+            "files": results,
+            "succeeded": len(ok),
+            "failed": len(results) - len(ok),
+            "chunks_processed": chunks_total,
+            "document_count": counters["document_count"],
+            "total_chunks": counters["total_chunks"],
+        }
+
+    async def reprocess(
+        self, principal: Principal, session_id: str, body: ReprocessRequest, authorization: str | None = None
+    ) -> dict[str, Any]:
+        session = await rag_store.session_for_change(self.db, principal, session_id, active=True)
+        embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
+        embedding = embedding or self.settings.rag_default_embedding_model
+        if body.chunk_overlap >= body.chunk_size:
+            raise ValidationFailed("chunk_overlap must be smaller than chunk_size")
+        reply = await self.downstream.call(
+            "rag",
+            "POST",
+            f"/sessions/{session_id}/reprocess",
+            json_body={
+                "chunk_size": body.chunk_size,
+                "chunk_overlap": body.chunk_overlap,
+                "embedding_model": embedding,
+            },
+            headers=self._forward(authorization),
+        )
+        answer = reply.body if isinstance(reply.body, dict) else {}
+        chunks = answer.get("chunks_processed")
+        if answer.get("success") is not True or not isinstance(chunks, int):
+            raise DownstreamBadAnswer("rag service did not confirm the reprocessing", details={"service": "rag"})
+        counters = await rag_store.record(
+            self.db,
+            session_id,
+            "DOCUMENTS_REPROCESSED",
+            {
+                "chunk_size": body.chunk_size,
+                "chunk_overlap": body.chunk_overlap,
+                "embedding_model": embedding,
+                "chunks_processed": chunks,
+            },
+            assign={"total_chunks": chunks},
+        )
+        return {
+            "session_id": session_id,
+            "success": True,
+            "chunks_processed": chunks,
+            "total_chunks": counters["total_chunks"],
+        }
+
+    async def rag_settings(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        session = await rag_store.session_for_read(self.db, principal, session_id)
+        return self._settings_out(session_id, session["rag_settings"])
+
+    async def patch_rag_settings(self, principal: Principal, session_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        stored = await rag_store.patch_rag_settings(self.db, principal, session_id, patch)
+        return self._settings_out(session_id, stored)
+
+    def _settings_out(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        defaults = precedence.service_defaults(self.settings)
+        return {
+            "session_id": session_id,
+            "rag_settings": stored,
+            "effective": precedence.effective({}, set(), stored, defaults),
+        }
+
+    async def services_health(self) -> dict[str, Any]:
+        async def probe(service: str) -> tuple[str, dict[str, Any]]:
+            url = self.downstream.base_urls[service]  # type: ignore[index]
+            started = time.perf_counter()
+            try:
+                reply = await self.downstream.call(service, "GET", "/health", deadline_s=3.0)  # type: ignore[arg-type]
+                status, detail = "ok", reply.body
+            except ApiError as exc:
+                status, detail = "error", {"status": exc.status, "message": exc.message}
+            return service, {
+                "status": status,
+                "url": url,
+                "detail": detail,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+
+        results = dict(await asyncio.gather(*(probe(s) for s in SERVICES)))
+        overall = "ok" if all(r["status"] == "ok" for r in results.values()) else "degraded"
+        return {"status": overall, "services": results}
