@@ -200,7 +200,7 @@ PYEOF
 }
 json_get() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$WORK/body" "$1"; }
 
-running() { [[ "$("${E[@]}" inspect --format '{{.State.Running}}' "$1" 2>/dev/null)" == true ]]; }
+running() { [[ "$(timeout 30 "${E[@]}" inspect --format '{{.State.Running}}' "$1" 2>/dev/null)" == true ]]; }
 
 wait_http() {  # wait_http URL TIMEOUT [CONTAINER]  until the URL answers 200
     local url=$1 deadline=$((SECONDS + $2)) ctr=${3:-} code
@@ -217,7 +217,7 @@ wait_http() {  # wait_http URL TIMEOUT [CONTAINER]  until the URL answers 200
 }
 
 run_gateway() {  # run_gateway NAME
-    "${E[@]}" run -d --name "$1" "${RUN_FLAGS[@]}" \
+    timeout 120 "${E[@]}" run -d --name "$1" "${RUN_FLAGS[@]}" \
         -v "$VOL:/data" \
         -e PORT="$GW_PORT" \
         -e AUTH_SERVICE_URL="$DS_URL" -e RAG_SERVICE_URL="$DS_URL" -e QUESTION_SERVICE_URL="$DS_URL" \
@@ -292,13 +292,13 @@ if [[ $DEVSTACK_MODE == host ]]; then
     wait_http "$DS_URL/health" 30
 else
     log "starting devstack container $CDS on $DS_URL"
-    "${E[@]}" run -d --name "$CDS" "${RUN_FLAGS[@]}" -e DEVSTACK_HOST=127.0.0.1 -e DEVSTACK_PORT="$DS_PORT" \
+    timeout 120 "${E[@]}" run -d --name "$CDS" "${RUN_FLAGS[@]}" -e DEVSTACK_HOST=127.0.0.1 -e DEVSTACK_PORT="$DS_PORT" \
         "$DEVSTACK_IMAGE" >/dev/null 2>>"$WORK/engine.err" || { cat "$WORK/engine.err"; fail "could not start $CDS"; }
     wait_http "$DS_URL/health" 30 "$CDS"
 fi
 
 # ---- first container
-"${E[@]}" volume create "$VOL" >/dev/null
+timeout 60 "${E[@]}" volume create "$VOL" >/dev/null
 GW_PORT=$(free_port); GW="http://127.0.0.1:$GW_PORT"
 log "starting $C1 on $GW with volume $VOL:/data"
 t0=$SECONDS

@@ -22,6 +22,7 @@ from service.auth import Authenticator
 from service.db import Database
 from service.downstream import Downstream
 from service.errors import ApiError
+from service.metrics import Metrics, lag_probe
 from service.middleware import RequestContext
 from service.settings import Settings, load_settings
 from service.state import AppContext
@@ -55,6 +56,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, *, downstream: Downstream | None = None) -> Starlette:
     """Build the app. ``downstream`` lets tests inject a client with a fault-injecting transport."""
     settings = settings or load_settings()
+    metrics = Metrics()
     endpoints = all_endpoints()
     openapi = build_openapi(endpoints)
 
@@ -66,15 +68,20 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             cache_size_kib=settings.db_cache_size_kib,
             busy_timeout_ms=settings.db_busy_timeout_ms,
             synchronous=settings.db_synchronous,
+            observer=metrics.db_op,
         )
         await db.open()
         for line in db.migrations_applied:
             log.info("migration: %s", line)
         # Building the client loads CA certificates from disk: do it off the loop.
-        client = downstream if downstream is not None else await asyncio.to_thread(Downstream, settings)
+        if downstream is not None:
+            client = downstream
+        else:
+            client = await asyncio.to_thread(Downstream, settings, observer=metrics.downstream_call)
         try:
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
-            yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth)}
+            async with lag_probe(metrics, settings.loop_lag_interval_s):
+                yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics)}
         finally:
             await client.aclose()
             await db.close()
@@ -83,15 +90,22 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
+    async def metrics_text(request: Request) -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
     upload_paths = ("/api/documents/process-and-store", "/documents/process-and-store")
     upload_limit = settings.max_upload_bytes * settings.max_upload_files + 65_536
 
     def body_limit(path: str) -> int:
         return upload_limit if path in upload_paths else settings.max_body_bytes
 
-    routes: list[BaseRoute] = [Route("/openapi.json", openapi_json, methods=["GET"]), *routes_for(endpoints)]
+    routes: list[BaseRoute] = [
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
+        *routes_for(endpoints),
+    ]
     middleware = [
-        Middleware(RequestContext, max_in_flight=settings.max_in_flight, body_limit=body_limit),
+        Middleware(RequestContext, max_in_flight=settings.max_in_flight, body_limit=body_limit, metrics=metrics),
     ]
     app = Starlette(
         routes=routes,
@@ -100,4 +114,5 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     return app

@@ -58,6 +58,7 @@ def configure(level: str, *, as_json: bool, access_log: bool) -> None:
     root.handlers[:] = [RequestIdQueueHandler(q)]
     root.setLevel(level.upper())
     logging.getLogger("service.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per downstream call is noise
     if _listener is not None:
         _listener.stop()
     _listener = logging.handlers.QueueListener(q, stream, respect_handler_level=False)

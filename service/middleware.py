@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import request_id_var
 from service.errors import PayloadTooLarge
+from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -33,12 +34,12 @@ class RequestContext:
         *,
         max_in_flight: int,
         body_limit: Callable[[str], int],
-        on_done: Callable[[Scope, int, float], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.body_limit = body_limit
-        self.on_done = on_done
+        self.metrics = metrics
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,14 +85,18 @@ class RequestContext:
                 )
                 return
             self.in_flight += 1
+            if self.metrics is not None:
+                self.metrics.in_flight.inc()
             try:
                 await self.app(scope, _bounded(receive, limit), send_wrapper)
             finally:
                 self.in_flight -= 1
+                if self.metrics is not None:
+                    self.metrics.in_flight.dec()
         finally:
             elapsed = time.perf_counter() - started
-            if self.on_done is not None:
-                self.on_done(scope, status_holder[0], elapsed)
+            if self.metrics is not None:
+                self.metrics.request_done(scope, status_holder[0], elapsed)
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],

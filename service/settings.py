@@ -52,7 +52,6 @@ class Settings:
     max_metadata_bytes: int = 65_536
     max_event_data_bytes: int = 16_384
     max_page_size: int = 500
-    default_page_size: int = 50
     max_in_flight: int = 2000
     # RAG defaults (used when neither the request nor the session sets them)
     rag_default_top_k: int = 5
@@ -86,17 +85,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     defaults = Settings()
     values: dict[str, object] = {}
     for f in dataclasses.fields(Settings):
-        name = f.name.upper()
+        raw = config(f.name.upper(), cast=str, default=None)
+        if raw is None:
+            continue
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            values[f.name] = config(name, cast=_bool, default=default)
-        elif isinstance(default, int):
-            values[f.name] = config(name, cast=int, default=default)
-        elif isinstance(default, float):
-            values[f.name] = config(name, cast=float, default=default)
-        else:
-            values[f.name] = config(name, cast=str, default=default)
-    settings = Settings(**values)  # type: ignore[arg-type]
+        caster: type | object = _bool if isinstance(default, bool) else type(default)
+        try:
+            values[f.name] = caster(raw)  # type: ignore[operator]
+        except ValueError:
+            raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+    settings = defaults.replace(**values)
     if settings.db_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
         raise ValueError("DB_SYNCHRONOUS must be NORMAL, FULL or EXTRA")
     return settings

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from service.auth import Authenticator
 from service.db import Database
 from service.downstream import Downstream
+from service.metrics import Metrics
 from service.settings import Settings
 
 
@@ -16,3 +17,4 @@ class AppContext:
     db: Database
     downstream: Downstream
     auth: Authenticator
+    metrics: Metrics

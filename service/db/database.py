@@ -84,7 +84,12 @@ class Database:
             await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
         self._writer = await self._connect()
         if run_migrations:
-            self.migrations_applied = await self._run(self._writer, schema.migrate)
+            try:
+                self.migrations_applied = await self._run(self._writer, schema.migrate)
+            except BaseException:
+                await self._writer.close()
+                self._writer = None
+                raise
         for _ in range(self._n_readers):
             reader = await self._connect()
             await reader.execute("PRAGMA query_only = ON")

@@ -66,6 +66,7 @@ BATCH_ROWS = 5000
 SUMMARY_REJECTS_SHOWN = 5
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 # Extended ISO-8601 date and time, 'T' or ' ' between them; optional seconds, fraction and offset (Z or
 # +HH[:MM[:SS]]). No fraction in the offset: ISO has none, and CPython 3.11 mis-parses "+00:00:00.000001".
@@ -155,9 +156,7 @@ def parse_legacy_timestamp(value: object) -> int | None:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValueError(f"not an ISO-8601 timestamp: {value!r} ({exc})") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
+    return (moment - (_EPOCH_NAIVE if moment.tzinfo is None else _EPOCH)) // _ONE_MS
 
 
 # -- the migration --------------------------------------------------------------------------------------------------
@@ -185,10 +184,11 @@ def migrate_legacy(conn: sqlite3.Connection) -> LegacyReport:
 
     seen: set[str] = set()
     for names, rows in _batches(conn, report.backup_table):
+        keys = [name.lower() for name in names]
         good: list[_Converted] = []
         bad: list[tuple[str | None, str, str]] = []
         for values in rows:
-            row = {name.lower(): value for name, value in zip(names, values, strict=True)}
+            row = dict(zip(keys, values, strict=True))
             try:
                 converted = _convert_row(row)
                 if converted.session_id in seen:
@@ -197,11 +197,11 @@ def migrate_legacy(conn: sqlite3.Connection) -> LegacyReport:
                 bad.append((rejected.session_id, "; ".join(rejected.reasons), _row_json(names, values)))
                 continue
             seen.add(converted.session_id)
-            converted.row_json = _row_json(names, values)
+            converted.legacy_values = values
             good.append(converted)
         for converted, reason in _insert(conn, good):
             seen.discard(converted.session_id)
-            bad.append((converted.session_id, reason, converted.row_json))
+            bad.append((converted.session_id, reason, _row_json(names, converted.legacy_values)))
         conn.executemany(reject_sql, bad)
         report.rejected.extend(RejectedRow(session_id, reason) for session_id, reason, _ in bad)
         for converted in good:
@@ -228,7 +228,7 @@ class _Converted:
     session: tuple[object, ...]
     events: list[tuple[str, str, int, str]]
     fixups: list[str]
-    row_json: str = ""
+    legacy_values: Sequence[object] = ()
     inserted: bool = False
 
 
@@ -558,17 +558,22 @@ def _reject_constant(token: str) -> object:
     raise ValueError(f"{token} is not valid JSON")
 
 
+# Strict JSON both ways: NaN and Infinity (accepted by Python, refused by SQLite's json_valid) are errors.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _loads(text: str) -> object:
-    """Strict JSON: NaN and Infinity (accepted by Python, refused by SQLite's json_valid) are errors."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return _DECODER.decode(text)
 
 
 def _dumps(value: object) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _ENCODER.encode(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from \\ud800-style escapes: keep them escaped
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        text = _ASCII_ENCODER.encode(value)
     return text
 
 

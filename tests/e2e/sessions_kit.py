@@ -1,0 +1,130 @@
+"""Helpers shared by the sessions end-to-end tests (imported as a plain module next to them)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import httpx
+
+from support.servers import ServerThread, auth
+
+T = TypeVar("T")
+Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def db_path(server: ServerThread) -> str:
+    """The database file of a gateway started by ``make_gateway``."""
+    return str(server.server.config.app.state.settings.database_path)
+
+
+def settings_of(server: ServerThread) -> Any:
+    return server.server.config.app.state.settings
+
+
+def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert the status and the error body shape ``{"error": {"code", "message", "details"}}``."""
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "details"}, error
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+async def create(client: httpx.AsyncClient, role: str = "teacher", **body: Any) -> dict[str, Any]:
+    body.setdefault("name", "Session")
+    r = await client.post("/sessions", json=body, headers=auth(role))
+    assert r.status_code == 201, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def end(client: httpx.AsyncClient, sid: str, role: str = "teacher", **body: Any) -> dict[str, Any]:
+    body.setdefault("end_state", 0)
+    r = await client.post(f"/sessions/{sid}/end", json=body, headers=auth(role))
+    assert r.status_code == 200, r.text
+    data: dict[str, Any] = r.json()
+    return data
+
+
+async def all_events(client: httpx.AsyncClient, sid: str, role: str = "admin") -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        r = await client.get(f"/sessions/{sid}/events", params=params, headers=auth(role))
+        assert r.status_code == 200, r.text
+        page = r.json()
+        events.extend(page["events"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return events
+
+
+async def walk_sessions(
+    client: httpx.AsyncClient, role: str = "admin", limit: int = 500, **filters: Any
+) -> list[dict[str, Any]]:
+    """Every session the role sees, by following ``next_cursor`` to the end."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": limit, **filters}
+        if cursor:
+            params["cursor"] = cursor
+        r = await client.get("/sessions", params=params, headers=auth(role))
+        assert r.status_code == 200, r.text
+        page = r.json()
+        out.extend(page["sessions"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return out
+
+
+def _snapshot(path: str) -> Snapshot:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sessions = conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall()
+        events = conn.execute("SELECT * FROM session_events ORDER BY id").fetchall()
+        return sessions, events
+    finally:
+        conn.close()
+
+
+async def snapshot(path: str) -> Snapshot:
+    """All rows of both tables, read from the file by a separate connection (off the event loop)."""
+    return await asyncio.to_thread(_snapshot, path)
+
+
+def _query(path: str, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        with conn:
+            return conn.execute(sql, tuple(params)).fetchall()
+    finally:
+        conn.close()
+
+
+async def sql(path: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on the database file from another connection (off the event loop)."""
+    return await asyncio.to_thread(_query, path, statement, params)
+
+
+async def bounded_gather(limit: int, thunks: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run the awaitables with at most ``limit`` in flight; results in order."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(thunk: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await thunk()
+
+    return list(await asyncio.gather(*(one(t) for t in thunks)))
