@@ -20,7 +20,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0
         if proc.poll() is not None:
             raise SystemExit(f"{url} exited with {proc.returncode} during start-up")
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - fixed local URL
+            with urllib.request.urlopen(url, timeout=1):  # fixed local URL
                 return
         except OSError:
             time.sleep(0.1)

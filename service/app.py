@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             cache_size_kib=settings.db_cache_size_kib,
             busy_timeout_ms=settings.db_busy_timeout_ms,
             synchronous=settings.db_synchronous,
-            observer=metrics.db_op,
+            observer=metrics.db_op if settings.metrics_enabled else None,
         )
         await db.open()
         for line in db.migrations_applied:
@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         if downstream is not None:
             client = downstream
         else:
-            client = await asyncio.to_thread(Downstream, settings, observer=metrics.downstream_call)
+            observer = metrics.downstream_call if settings.metrics_enabled else None
+            client = await asyncio.to_thread(Downstream, settings, observer=observer)
         try:
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
             async with lag_probe(metrics, settings.loop_lag_interval_s):
@@ -105,7 +106,12 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         *routes_for(endpoints),
     ]
     middleware = [
-        Middleware(RequestContext, max_in_flight=settings.max_in_flight, body_limit=body_limit, metrics=metrics),
+        Middleware(
+            RequestContext,
+            max_in_flight=settings.max_in_flight,
+            body_limit=body_limit,
+            metrics=metrics if settings.metrics_enabled else None,
+        ),
     ]
     app = Starlette(
         routes=routes,

@@ -70,6 +70,8 @@ class Settings:
     backup_dir: str = "./data/backups"
     cursor_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     loop_lag_interval_s: float = 0.1
+    # per-request metrics (the lag probe always runs); off only to measure their overhead
+    metrics_enabled: bool = True
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx
-
 from support.servers import ServerThread, auth
 
 T = TypeVar("T")
@@ -128,3 +128,16 @@ async def bounded_gather(limit: int, thunks: Iterable[Callable[[], Awaitable[T]]
             return await thunk()
 
     return list(await asyncio.gather(*(one(t) for t in thunks)))
+
+
+async def start_gateway(make_gateway: Callable[..., ServerThread], **overrides: Any) -> ServerThread:
+    """``make_gateway`` from inside an async test: server start-up waits, so it runs off the loop."""
+    return await asyncio.to_thread(make_gateway, **overrides)
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (the port was just bound and released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
