@@ -77,6 +77,9 @@ cleanup() {
         if [[ "${KEEP_IMAGE:-1}" == 0 ]]; then
             timeout 60 "${E[@]}" rmi -f "$IMAGE" "$DEVSTACK_IMAGE" >/dev/null 2>&1
         fi
+        # Each code change leaves the previous image untagged; drop such leftovers once they are a day old
+        # (recent ones still serve as build cache).
+        timeout 120 "${E[@]}" image prune -f --filter until=24h >/dev/null 2>&1
     fi
     [[ -n "${ROOTFS:-}" && -d "${ROOTFS:-}" ]] && rm -rf "$ROOTFS"
     rm -rf "$WORK"

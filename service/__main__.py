@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 
 from service.settings import Settings, load_settings
@@ -32,6 +33,11 @@ def serve(settings: Settings) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with the default handlers the
+    # process would then die of the signal (exit 143, atexit hooks skipped) after a clean drain. Absorb that
+    # re-raise (a signal landing before uvicorn installs its own handlers just requests the same shutdown).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: setattr(server, "should_exit", True))
     server.run()
     # A clean stop after SIGTERM is a success for the container runtime.
     return 0 if server.started else 1

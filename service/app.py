@@ -91,9 +91,6 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
-    async def metrics_text(request: Request) -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
     upload_paths = ("/api/documents/process-and-store", "/documents/process-and-store")
     upload_limit = settings.max_upload_bytes * settings.max_upload_files + 65_536
 
@@ -102,7 +99,6 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
 
     routes: list[BaseRoute] = [
         Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/metrics", metrics_text, methods=["GET"]),
         *routes_for(endpoints),
     ]
     middleware = [

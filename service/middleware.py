@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,13 +47,16 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         rid = ""
+        declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if REQUEST_ID_RE.match(candidate):
                     rid = candidate
-                break
-        rid = rid or uuid.uuid4().hex
+            elif name == b"content-length":
+                declared = int(value) if value.isdigit() else None
+        # Not a secret, only unique: a PRNG draw is ~30x cheaper than uuid4 (an os.urandom syscall).
+        rid = rid or f"{random.getrandbits(128):032x}"
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -78,7 +81,6 @@ class RequestContext:
                 )
                 return
             limit = self.body_limit(path)
-            declared = _content_length(scope)
             if declared is not None and declared > limit:
                 await self._reject(
                     send_wrapper, 413, "payload_too_large", f"request body exceeds {limit} bytes", [rid_header]
@@ -128,16 +130,6 @@ class RequestContext:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def _bounded(receive: Receive, limit: int) -> Receive:

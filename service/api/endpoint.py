@@ -79,6 +79,9 @@ async def parse_json_body(model: type[B], request: Request) -> B:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         details = validation_details(exc)
+        if len(details) == 1 and "recursion limit" in details[0]["msg"]:
+            # well-formed JSON nested past the parser's limit: a bound on the content, not a syntax error
+            raise ValidationFailed("request body is nested too deeply", details=details) from None
         if any(d["type"] in ("json_invalid", "json_type") for d in details) and len(details) == 1:
             raise BadRequest("malformed JSON body", details=details) from None
         raise ValidationFailed("invalid request body", details=details) from None

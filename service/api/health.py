@@ -41,6 +41,10 @@ async def ready(call: Call[Any, Any]) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def metrics(call: Call[Any, Any]) -> Response:
+    return Response(call.ctx.metrics.render(), media_type=call.ctx.metrics.content_type)
+
+
 ENDPOINTS = [
     Endpoint("GET", "/health", health, "Liveness (no I/O)", "health", response=Health, auth=False),
     Endpoint(
@@ -53,4 +57,5 @@ ENDPOINTS = [
         auth=False,
         errors=(503,),
     ),
+    Endpoint("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=False, raw_response="text/plain"),
 ]

@@ -2,17 +2,21 @@
 
 One writer connection (every transaction ``BEGIN IMMEDIATE``) and a few read connections, all long-lived
 aiosqlite connections opened at start-up. Each aiosqlite connection owns a thread; an awaited call is one hop
-to that thread. So the rest of the code gets four calls, each exactly one hop:
+to that thread. So the rest of the code gets four calls, each at most one hop:
 
 - ``read(sql, params)``: one SELECT on a reader, all rows;
 - ``read_fn(fn)``: several statements on a reader's thread (one hop, one snapshot);
-- ``write(fn)``: a whole transaction run on the writer's thread (one hop, atomic);
-- ``write_sql(sql, params)``: a single-statement transaction, rows of its ``RETURNING`` clause.
+- ``write(fn)``: a whole unit of work run on the writer's thread (one hop, atomic);
+- ``write_sql(sql, params)``: a single-statement unit, rows of its ``RETURNING`` clause.
+
+Calls made in the same loop iteration share their hop (``batching.py``): under load a batch of reads is one hop
+and one snapshot, a batch of writes one hop and one COMMIT, each write still atomic on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import sqlite3
@@ -24,6 +28,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from service.db import schema
+from service.db.batching import Batcher, Outcome, Work, run_reads, run_writes
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
@@ -40,20 +45,6 @@ def _apply_pragmas(conn: sqlite3.Connection, *, cache_kib: int, busy_ms: int, sy
     conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA temp_store = MEMORY")
-
-
-def _transaction(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
-    def run(conn: sqlite3.Connection) -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
-
-    return run
 
 
 class Database:
@@ -76,6 +67,8 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+        self._reads = Batcher(self._run_reads)
+        self._writes = Batcher(self._run_writes)
         self.migrations_applied: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -108,6 +101,8 @@ class Database:
 
     async def close(self) -> None:
         """Checkpoint the WAL into the main file and close every connection (graceful shutdown)."""
+        await self._reads.drain()
+        await self._writes.drain()
         for reader in self._readers:
             await reader.close()
         self._readers.clear()
@@ -126,21 +121,23 @@ class Database:
 
     # -- the four calls ----------------------------------------------------------------------------------
     async def read(self, sql: str, params: Any = ()) -> Rows:
-        reader = self._reader()
-        start = time.perf_counter()
-        rows = await reader.execute_fetchall(sql, params)
-        self._observe("read", start)
-        return list(rows)
+        def run(conn: sqlite3.Connection) -> Rows:
+            return conn.execute(sql, params).fetchall()
+
+        return await self.read_fn(run)
 
     async def read_fn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._next_reader is None:
+            raise RuntimeError("database is not open")
         start = time.perf_counter()
-        result = await self._run(self._reader(), fn)
+        result: T = await self._reads.submit(fn)
         self._observe("read", start)
         return result
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._writer_conn()
         start = time.perf_counter()
-        result = await self._run(self._writer_conn(), _transaction(fn))
+        result: T = await self._writes.submit(fn)
         self._observe("write", start)
         return result
 
@@ -155,10 +152,13 @@ class Database:
         return await self._run(self._writer_conn(), fn)
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _reader(self) -> aiosqlite.Connection:
+    async def _run_reads(self, works: list[Work]) -> list[Outcome]:
         if self._next_reader is None:
             raise RuntimeError("database is not open")
-        return next(self._next_reader)
+        return await self._run(next(self._next_reader), functools.partial(run_reads, works=works))
+
+    async def _run_writes(self, works: list[Work]) -> list[Outcome]:
+        return await self._run(self._writer_conn(), functools.partial(run_writes, works=works))
 
     def _writer_conn(self) -> aiosqlite.Connection:
         if self._writer is None:

@@ -55,14 +55,12 @@ def _clean(line: str) -> str:
     return text
 
 
-def _from_json(text: str) -> list[str] | None:
-    start, end = text.find("["), text.rfind("]")
-    if start == -1 or end <= start:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except ValueError:
-        return None
+_DECODER = json.JSONDecoder()
+_MAX_JSON_ATTEMPTS = 20
+
+
+def _json_items(value: Any) -> list[str] | None:
+    """The question texts of a decoded JSON array, or None when it holds none (e.g. ``[1, 2, 3]``)."""
     if not isinstance(value, list):
         return None
     out: list[str] = []
@@ -73,7 +71,28 @@ def _from_json(text: str) -> list[str] | None:
             q = item.get("question") or item.get("text") or item.get("q")
             if isinstance(q, str):
                 out.append(q)
-    return out
+    return out or None
+
+
+def _from_json(text: str) -> list[str] | None:
+    """The first JSON array of questions in the answer (preambles, code fences and trailing chatter around it
+    are fine); None when there is none. A bracket inside a numbered or bulleted line is part of a question
+    ("1. What is [1, 2, 3]?"), not the answer's format, so it is skipped."""
+    start = text.find("[")
+    attempts = 0
+    while start != -1 and attempts < _MAX_JSON_ATTEMPTS:
+        attempts += 1
+        line_start = text.rfind("\n", 0, start) + 1
+        if not _NUMBERED.match(text[line_start:start]):
+            try:
+                value, _ = _DECODER.raw_decode(text, start)
+            except (ValueError, RecursionError):
+                value = None
+            items = _json_items(value)
+            if items is not None:
+                return items
+        start = text.find("[", start + 1)
+    return None
 
 
 def parse_questions(text: str, count: int) -> list[str]:

@@ -13,7 +13,8 @@ def visible(principal: Principal) -> tuple[str, tuple[str, ...]]:
         return "", ()
     if principal.role == "teacher":
         return " AND user_id = ?", (principal.id,)
-    return " AND status = 'ACTIVE'", ()
+    # both terms, literally: they are the condition of the partial index idx_sessions_active
+    return " AND status = 'ACTIVE' AND end_time IS NULL", ()
 
 
 def can_modify(principal: Principal, owner_id: str) -> bool:

@@ -25,7 +25,8 @@ def decode_cursor(cursor: str, secret: str, shape: tuple[type, ...]) -> list[Any
     """The position inside ``cursor``; 400 if it was forged, tampered with or has the wrong shape."""
     payload, _, signature = cursor.partition(".")
     raw = payload.encode("ascii", "replace")
-    if not signature or not hmac.compare_digest(signature, _sign(raw, secret)):
+    # compared as bytes: compare_digest refuses non-ASCII str (a TypeError, i.e. a 500, for a forged cursor)
+    if not signature or not hmac.compare_digest(signature.encode(), _sign(raw, secret).encode()):
         raise BadRequest("invalid cursor", details={"cursor": "signature mismatch"})
     try:
         position = json.loads(base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)))

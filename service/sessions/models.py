@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -47,13 +48,30 @@ def json_depth(value: Any, depth: int = 0) -> int:
     return depth
 
 
+def non_finite(value: Any) -> bool:
+    """True when ``value`` holds NaN or +-Infinity: the parser accepts them, JSON (and SQLite) cannot store them."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(non_finite(v) for v in value)
+    return False
+
+
+def _check_json(value: dict[str, Any], what: str) -> dict[str, Any]:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    if non_finite(value):
+        raise ValueError(f"{what} holds NaN or Infinity, which JSON cannot represent")
+    return value
+
+
 def _check_client_metadata(value: dict[str, Any]) -> dict[str, Any]:
     reserved = RESERVED_METADATA_KEYS.intersection(value)
     if reserved:
         raise ValueError(f"keys {sorted(reserved)} are set through their own fields, not metadata")
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"metadata is nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
+    return _check_json(value, "metadata")
 
 
 class RagSettings(Strict):
@@ -111,9 +129,7 @@ class EventCreate(Strict):
     @field_validator("event_data")
     @classmethod
     def _data(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and json_depth(v) > MAX_JSON_DEPTH:
-            raise ValueError(f"event_data is nested deeper than {MAX_JSON_DEPTH} levels")
-        return v
+        return None if v is None else _check_json(v, "event_data")
 
 
 class SessionEnd(Strict):
@@ -121,14 +137,21 @@ class SessionEnd(Strict):
     end_state: State
 
 
+# Unix ms up to the year 9999: larger values would overflow SQLite's 64-bit integers (a 500, not a 422).
+MAX_TIME_MS = 253_402_300_799_999
+TimeMs = Annotated[int | None, Field(default=None, ge=0, le=MAX_TIME_MS, description="Unix ms")]
+
+
 class ListQuery(Strict):
     status: Status | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     category: str | None = Field(default=None, max_length=100)
-    started_after: int | None = Field(default=None, ge=0, description="Unix ms")
-    started_before: int | None = Field(default=None, ge=0, description="Unix ms")
-    ended_after: int | None = Field(default=None, ge=0, description="Unix ms")
-    ended_before: int | None = Field(default=None, ge=0, description="Unix ms")
+    started_after: TimeMs = None
+    started_before: TimeMs = None
+    ended_after: TimeMs = None
+    ended_before: TimeMs = None
+    created_after: TimeMs = None
+    created_before: TimeMs = None
     limit: int = Field(default=50, ge=1, le=500)
     cursor: str | None = Field(default=None, max_length=512)
 

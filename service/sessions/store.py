@@ -14,6 +14,7 @@ from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
     COUNTERS,
+    MAX_TIME_MS,
     RESERVED_METADATA_KEYS,
     EventCreate,
     EventsQuery,
@@ -206,21 +207,30 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
     if query.category is not None:
         where.append("json_extract(metadata, '$.category') = ?")
         args.append(query.category)
-    for value, sql in (
-        (query.started_after, "start_time >= ?"),
-        (query.started_before, "start_time < ?"),
-        (query.ended_after, "end_time >= ?"),
-        (query.ended_before, "end_time < ?"),
-    ):
+    for value, sql in ((query.started_after, "start_time >= ?"), (query.started_before, "start_time < ?")):
         if value is not None:
             where.append(sql)
             args.append(value)
+    # An end_time / created_at filter is always sent as a closed range (an open side gets the widest bound):
+    # the planner only prefers the column's index over the ordered start_time scan for a two-sided range.
+    for column, low, high in (
+        ("end_time", query.ended_after, query.ended_before),
+        ("created_at", query.created_after, query.created_before),
+    ):
+        if low is not None or high is not None:
+            where.append(f"{column} >= ? AND {column} < ?")
+            args.extend((low or 0, MAX_TIME_MS + 1 if high is None else high))
     if query.cursor is not None:
         start, sid = decode_cursor(query.cursor, secret, (int, str))
         where.append("start_time <= ? AND (start_time < ? OR session_id > ?)")
         args.extend((start, start, sid))
+    # ACTIVE rows only, not narrowed to one owner: the small partial index idx_sessions_active serves it (the
+    # planner would otherwise pick idx_sessions_status_start). The WHERE holds its condition literally.
+    active_only = query.status == "ACTIVE" or principal.role == "student"
+    by_owner = principal.role == "teacher" or query.user_id is not None
+    source = "sessions INDEXED BY idx_sessions_active" if active_only and not by_owner else "sessions"
     sql = (
-        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
+        f"SELECT {SESSION_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
         "ORDER BY start_time DESC, session_id ASC LIMIT ?"
     )
     args.append(query.limit + 1)

@@ -1,0 +1,386 @@
+"""Child processes for the benchmark: start, pin, wait, sample (/proc), stop. Linux only, 127.0.0.1 only.
+
+Every child runs in its own process group (``start_new_session``) and is registered in ``CHILDREN``, so
+``stop_all()`` (called from the runner's ``finally`` and on SIGINT/SIGTERM) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOCALHOST = "127.0.0.1"
+
+# Every process this module started and has not reaped yet (Popen objects, wrk included).
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+# ------------------------------------------------------------------------------------------- machine
+
+
+@dataclass(frozen=True)
+class Cores:
+    """Which CPU each party runs on (``None``: not pinned, e.g. on a 1-core machine)."""
+
+    server: int | None
+    client: int | None
+    downstream: int | None
+
+    def describe(self) -> str:
+        if self.server is None:
+            return "not pinned (fewer than 2 usable CPUs)"
+        return f"server on CPU {self.server}, wrk on CPU {self.client}, reference downstream on CPU {self.downstream}"
+
+
+def plan_cores() -> Cores:
+    """Server alone on the first usable CPU; wrk (and the runner) on the second; the downstream on a third
+    if there is one, else sharing wrk's CPU (so nothing but the server under test ever runs on its CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return Cores(None, None, None)
+    return Cores(cpus[0], cpus[1], cpus[2] if len(cpus) > 2 else cpus[1])
+
+
+def pin_self(core: int | None) -> None:
+    """Keep the runner (polling /proc, parsing results) off the server's CPU."""
+    if core is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {core})
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    """``taskset`` execs the command, so the child's pid is the command's own pid."""
+    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
+
+
+def raise_fd_limit(wanted: int = 65_536) -> int:
+    """Raise the soft RLIMIT_NOFILE (inherited by children: wrk needs one fd per connection)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def machine_info() -> dict[str, object]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    wrk_version = "not found"
+    if shutil.which("wrk"):
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
+        wrk_version = (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "?"
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "wrk": wrk_version,
+    }
+
+
+# ------------------------------------------------------------------------------------------- /proc
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    rss_bytes: int
+    hwm_bytes: int
+    fds: int
+    threads: int
+    cpu_s: float  # user + system, all threads
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """One sample of a live process, or ``None`` once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    values: dict[str, int] = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "Threads"):
+            values[key] = int(rest.split()[0])
+    # Fields after the command name (which may contain spaces): utime and stime are fields 14 and 15.
+    after = stat.rsplit(")", 1)[1].split()
+    cpu_s = (int(after[11]) + int(after[12])) / CLK_TCK
+    return ProcStat(
+        rss_bytes=values.get("VmRSS", 0) * 1024,
+        hwm_bytes=values.get("VmHWM", 0) * 1024,
+        fds=fds,
+        threads=values.get("Threads", 0),
+        cpu_s=cpu_s,
+    )
+
+
+@dataclass
+class Series:
+    t: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
+    hwm_mb: float = 0.0
+
+
+class Sampler:
+    """Samples RSS / fds / threads of some processes every ``interval`` seconds, in a thread."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.5) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.series = {name: Series() for name in self.pids}
+        self.cpu_start: dict[str, float] = {}
+        self.cpu_end: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="proc-sampler", daemon=True)
+        self._t0 = 0.0
+        self._wall = 0.0
+
+    def __enter__(self) -> Sampler:
+        self._t0 = time.monotonic()
+        for name, pid in self.pids.items():
+            st = proc_stat(pid)
+            self.cpu_start[name] = st.cpu_s if st else 0.0
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+        self._wall = time.monotonic() - self._t0
+        for name, pid in self.pids.items():
+            st = proc_stat(pid)
+            self.cpu_end[name] = st.cpu_s if st else self.cpu_start[name]
+
+    def _sample(self) -> None:
+        now = time.monotonic() - self._t0
+        for name, pid in self.pids.items():
+            st = proc_stat(pid)
+            if st is None:
+                continue
+            s = self.series[name]
+            s.t.append(round(now, 2))
+            s.rss_mb.append(round(st.rss_bytes / 2**20, 2))
+            s.fds.append(st.fds)
+            s.threads.append(st.threads)
+            s.hwm_mb = max(s.hwm_mb, st.hwm_bytes / 2**20)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def latest(self, name: str) -> tuple[float, int]:
+        s = self.series[name]
+        return (s.rss_mb[-1], s.fds[-1]) if s.t else (0.0, 0)
+
+    def cpu_pct(self, name: str) -> float:
+        """Busy share of one CPU over the sampled window (100 = one core fully busy)."""
+        if self._wall <= 0:
+            return 0.0
+        return 100.0 * (self.cpu_end.get(name, 0.0) - self.cpu_start.get(name, 0.0)) / self._wall
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+def spawn(
+    cmd: list[str], *, env: Mapping[str, str] | None = None, log: Path | None = None, core: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, output to ``log`` (or discarded), registered for cleanup."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        proc = subprocess.Popen(
+            pinned(cmd, core),
+            cwd=REPO_ROOT,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if log is not None and not isinstance(out, int):
+            out.close()
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int | None:
+    """SIGTERM the child's process group (graceful: the gateway drains and checkpoints), then SIGKILL."""
+    try:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        else:
+            # the leader is gone; make sure nothing it started lingers
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc in CHILDREN:
+            CHILDREN.remove(proc)
+    return proc.returncode
+
+
+def stop_all() -> None:
+    for proc in list(reversed(CHILDREN)):
+        with contextlib.suppress(Exception):
+            stop(proc, timeout=8)
+
+
+def http_get(url: str, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 only
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.0, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail fast (with the log's tail) if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode} during start-up\n{tail(log)}")
+        with contextlib.suppress(OSError):
+            status, _ = http_get(url, timeout=2)
+            if status == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s\n{tail(log)}")
+
+
+def tail(path: Path | None, lines: int = 30) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 16_384))
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def count_lines(path: Path, needles: Iterable[str]) -> int:
+    """How many log lines contain any of ``needles`` (tracebacks, errors) - read in chunks, logs can be big."""
+    wanted = [n.encode() for n in needles]
+    n = 0
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        for line in f:
+            if any(w in line for w in wanted):
+                n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------- /metrics
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> ``{'name{labels}': value}`` (labels kept verbatim)."""
+    status, body = http_get(url, timeout=10)
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = float(value)
+    return out
+
+
+LAG_MAX = "event_loop_lag_max_seconds"
+LAG_HIST = "event_loop_lag_seconds_distribution"
+
+
+def lag_buckets(metrics: Mapping[str, float]) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` pairs of the event-loop lag histogram, ``+Inf`` last."""
+    prefix = LAG_HIST + '_bucket{le="'
+    pairs = []
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            le = key[len(prefix) : key.index('"', len(prefix))]
+            pairs.append((float("inf") if le == "+Inf" else float(le), value))
+    return sorted(pairs)
+
+
+def lag_window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float | int | None]:
+    """Event-loop lag over a window, from two scrapes (the histogram is cumulative since start-up).
+
+    ``p99_le_s``: the smallest bucket bound holding >= 99% of the window's samples (so "p99 <= this");
+    ``max_s``: exact when the max gauge rose during the window, else bounded by the highest non-empty
+    bucket of the window (never above the since-start gauge).
+    """
+    b0 = dict(lag_buckets(before))
+    b1 = lag_buckets(after)
+    delta = [(le, c - b0.get(le, 0.0)) for le, c in b1]
+    total = delta[-1][1] if delta else 0.0
+    p99_le: float | None = None
+    top_bucket: float | None = None
+    prev_cum = 0.0
+    prev_le = 0.0
+    for le, cum in delta:
+        if cum > prev_cum:
+            top_bucket = le if le != float("inf") else prev_le
+        if p99_le is None and total > 0 and cum >= 0.99 * total:
+            p99_le = le
+        prev_cum, prev_le = cum, le
+    gauge_before = before.get(LAG_MAX, 0.0)
+    gauge_after = after.get(LAG_MAX, 0.0)
+    if gauge_after > gauge_before:
+        max_s: float | None = gauge_after
+        exact = True
+    else:
+        max_s = min(gauge_after, top_bucket) if top_bucket is not None else None
+        exact = False
+    return {
+        "samples": int(total),
+        "p99_le_s": None if p99_le is None or p99_le == float("inf") else p99_le,
+        "max_s": max_s,
+        "max_exact": exact,
+        "max_since_start_s": gauge_after,
+    }

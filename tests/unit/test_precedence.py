@@ -1,0 +1,133 @@
+"""Which RAG setting wins: a value the request sent, else the session's stored one, else the service default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.rag.models import RagQueryRequest
+from service.rag.precedence import QUERY_KEYS, STORED_KEYS, effective, merge_patch, service_defaults
+from service.settings import Settings
+
+DEFAULTS = service_defaults(Settings())
+STORED = {"top_k": 2, "use_rerank": True, "model": "session-model", "embedding_model": "session-embed"}
+
+
+def _used(body: dict[str, Any], stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    request = RagQueryRequest.model_validate({"session_id": "s", "query": "q", **body})
+    return effective(request.model_dump(), request.model_fields_set, STORED if stored is None else stored, DEFAULTS)
+
+
+def test_service_defaults_follow_settings() -> None:
+    custom = Settings().replace(
+        rag_default_top_k=9,
+        rag_default_use_rerank=True,
+        rag_default_min_score=0.25,
+        rag_default_max_context_chars=1234,
+        rag_default_model="m",
+        rag_default_chain_type="refine",
+        rag_default_embedding_model="e",
+    )
+    assert service_defaults(custom) == {
+        "top_k": 9,
+        "use_rerank": True,
+        "min_score": 0.25,
+        "max_context_chars": 1234,
+        "model": "m",
+        "chain_type": "refine",
+        "embedding_model": "e",
+    }
+    assert set(service_defaults(custom)) == set(STORED_KEYS)
+    assert set(QUERY_KEYS) < set(STORED_KEYS)
+
+
+def test_nothing_sent_uses_stored_then_defaults() -> None:
+    used = _used({})
+    assert used == {**DEFAULTS, **STORED}
+
+
+def test_sent_values_win_and_unsent_do_not_override_stored() -> None:
+    used = _used({"top_k": 7, "min_score": 0.5})
+    assert used["top_k"] == 7
+    assert used["min_score"] == 0.5
+    # not sent: the stored ones survive although the request model has defaults for every field
+    assert used["use_rerank"] is True
+    assert used["model"] == "session-model"
+    assert used["chain_type"] == DEFAULTS["chain_type"]
+
+
+def test_falsy_sent_values_still_win() -> None:
+    used = _used({"use_rerank": False, "min_score": 0.0})
+    assert used["use_rerank"] is False
+    assert used["min_score"] == 0.0
+
+
+def test_explicit_null_falls_back_to_stored() -> None:
+    assert _used({"top_k": None, "model": None})["top_k"] == 2
+    assert _used({"top_k": None, "model": None})["model"] == "session-model"
+
+
+def test_stored_null_and_empty_session_fall_back_to_defaults() -> None:
+    assert _used({}, {"top_k": None}) == DEFAULTS
+    assert _used({}, {}) == DEFAULTS
+
+
+def test_keys_outside_the_defaults_are_ignored() -> None:
+    used = effective({"max_tokens": 5, "query": "q"}, {"max_tokens", "query"}, {"other": 1}, DEFAULTS)
+    assert used == DEFAULTS
+
+
+def test_a_value_present_but_not_marked_sent_is_ignored() -> None:
+    # model_dump() carries every field; only model_fields_set says what the client sent.
+    assert effective({"top_k": 50}, set(), {"top_k": 3}, DEFAULTS)["top_k"] == 3
+
+
+_values = st.one_of(st.none(), st.integers(1, 50), st.text(min_size=1, max_size=5), st.booleans())
+_maps = st.dictionaries(st.sampled_from(STORED_KEYS), _values)
+
+
+@settings(database=None, max_examples=300)
+@given(sent=_maps, extra_unsent=_maps, stored=_maps)
+def test_precedence_property(sent: dict[str, Any], extra_unsent: dict[str, Any], stored: dict[str, Any]) -> None:
+    body = {**extra_unsent, **sent}
+    used = effective(body, set(sent), stored, DEFAULTS)
+    assert set(used) == set(DEFAULTS)
+    for key in DEFAULTS:
+        if sent.get(key) is not None:
+            assert used[key] == sent[key]
+        elif stored.get(key) is not None:
+            assert used[key] == stored[key]
+        else:
+            assert used[key] == DEFAULTS[key]
+
+
+# -- merge_patch (PATCH /sessions/{id}/rag-settings) -----------------------------------------------------------
+def test_merge_patch_replaces_adds_and_removes() -> None:
+    stored = {"top_k": 3, "model": "a", "use_rerank": True}
+    assert merge_patch(stored, {"top_k": 4, "model": None, "chain_type": "refine"}) == {
+        "top_k": 4,
+        "use_rerank": True,
+        "chain_type": "refine",
+    }
+    assert stored == {"top_k": 3, "model": "a", "use_rerank": True}  # input untouched
+
+
+def test_merge_patch_null_for_missing_key_and_empty_patch() -> None:
+    assert merge_patch({"top_k": 3}, {"model": None}) == {"top_k": 3}
+    assert merge_patch({"top_k": 3}, {}) == {"top_k": 3}
+    assert merge_patch({}, {"use_rerank": False}) == {"use_rerank": False}
+
+
+@settings(database=None, max_examples=300)
+@given(stored=_maps.map(lambda m: {k: v for k, v in m.items() if v is not None}), patch=_maps)
+def test_merge_patch_property(stored: dict[str, Any], patch: dict[str, Any]) -> None:
+    out = merge_patch(stored, patch)
+    for key in STORED_KEYS:
+        if key in patch:
+            assert out.get(key) == patch[key]
+            assert (key in out) == (patch[key] is not None)
+        else:
+            assert out.get(key) == stored.get(key)
+    assert None not in out.values()
