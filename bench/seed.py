@@ -116,20 +116,18 @@ def seed_gateway(
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        # Seeding only: no fsync, and a cache big enough that the 11 indexes' pages stay in memory.
         conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -262144")
+        rows: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        for row, row_events in _rows(n, rng, now_ms, span_days, active_fraction, users):
+            rows.append(row)
+            events.extend(row_events)
+        rows.sort()  # the table is WITHOUT ROWID (clustered on session_id): insert in key order
         conn.execute("BEGIN")
-        batch_s: list[tuple[Any, ...]] = []
-        batch_e: list[tuple[Any, ...]] = []
-        for row, events in _rows(n, rng, now_ms, span_days, active_fraction, users):
-            batch_s.append(row)
-            batch_e.extend(events)
-            if len(batch_s) >= 10_000:
-                conn.executemany(SESSION_SQL, batch_s)
-                conn.executemany(EVENT_SQL, batch_e)
-                batch_s.clear()
-                batch_e.clear()
-        conn.executemany(SESSION_SQL, batch_s)
-        conn.executemany(EVENT_SQL, batch_e)
+        conn.executemany(SESSION_SQL, rows)
+        conn.executemany(EVENT_SQL, events)
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]

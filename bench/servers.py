@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +146,50 @@ def proc_stat(pid: int) -> ProcStat | None:
     )
 
 
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Per-CPU ``(busy, total)`` jiffies from /proc/stat (busy excludes idle and iowait)."""
+    out: dict[int, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *fields = line.split()
+            values = [int(v) for v in fields[:8]]
+            total = sum(values)
+            out[int(name[3:])] = (total - values[3] - values[4], total)
+    return out
+
+
+def busy_pct(before: Mapping[int, tuple[int, int]], after: Mapping[int, tuple[int, int]]) -> dict[int, float]:
+    pct = {}
+    for cpu, (busy1, total1) in after.items():
+        busy0, total0 = before.get(cpu, (0, 0))
+        pct[cpu] = round(100.0 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else 0.0
+    return pct
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Whole-machine CPU busy share over ``seconds`` (100 = every CPU busy)."""
+    before = cpu_times()
+    time.sleep(seconds)
+    after = cpu_times()
+    busy = sum(a[0] - before.get(c, (0, 0))[0] for c, a in after.items())
+    total = sum(a[1] - before.get(c, (0, 0))[1] for c, a in after.items())
+    return round(100.0 * busy / total, 1) if total else 0.0
+
+
+def wait_for_quiet(max_busy_pct: float, max_wait_s: float, say: Callable[[str], None]) -> float:
+    """Other work on a shared machine skews numbers: wait (bounded) until it is mostly idle."""
+    deadline = time.monotonic() + max_wait_s
+    busy = machine_busy()
+    warned = False
+    while busy > max_busy_pct and time.monotonic() < deadline:
+        if not warned:
+            say(f"      machine busy ({busy:.0f}% CPU from other processes); waiting up to {max_wait_s:.0f} s ...")
+            warned = True
+        time.sleep(1.0)
+        busy = machine_busy()
+    return busy
+
+
 @dataclass
 class Series:
     t: list[float] = field(default_factory=list)
@@ -168,9 +212,12 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, name="proc-sampler", daemon=True)
         self._t0 = 0.0
         self._wall = 0.0
+        self._cpus0: dict[int, tuple[int, int]] = {}
+        self.core_busy: dict[int, float] = {}
 
     def __enter__(self) -> Sampler:
         self._t0 = time.monotonic()
+        self._cpus0 = cpu_times()
         for name, pid in self.pids.items():
             st = proc_stat(pid)
             self.cpu_start[name] = st.cpu_s if st else 0.0
@@ -183,6 +230,7 @@ class Sampler:
         self._thread.join(timeout=5)
         self._sample()
         self._wall = time.monotonic() - self._t0
+        self.core_busy = busy_pct(self._cpus0, cpu_times())
         for name, pid in self.pids.items():
             st = proc_stat(pid)
             self.cpu_end[name] = st.cpu_s if st else self.cpu_start[name]
@@ -222,7 +270,7 @@ def spawn(
     cmd: list[str], *, env: Mapping[str, str] | None = None, log: Path | None = None, core: int | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, output to ``log`` (or discarded), registered for cleanup."""
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
             pinned(cmd, core),
@@ -271,7 +319,7 @@ def stop_all() -> None:
 def http_get(url: str, *, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 only
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()

@@ -378,7 +378,7 @@ base_mb="?"
 if [[ -n $BASE_IMAGE ]]; then
     base_mb=$(( $("${E[@]}" image inspect --format '{{.Size}}' "$BASE_IMAGE") / 1000000 ))
 fi
-log "image $IMAGE: ${size_mb} MB (base ${BASE_IMAGE:-python:3.12-slim}: ${base_mb} MB; app layers: $(
+log "image $IMAGE: ${size_mb} MB (base ${BASE_IMAGE:-the Dockerfile default}: ${base_mb} MB; app layers: $(
     [[ $base_mb == "?" ]] && echo "?" || echo $((size_mb - base_mb))) MB); build ${BUILD_SECONDS} s"
 if [[ -n "${MAX_IMAGE_MB:-}" ]] && ((size_mb > MAX_IMAGE_MB)); then
     fail "image is ${size_mb} MB, over MAX_IMAGE_MB=$MAX_IMAGE_MB"

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import signal
 import sys
+from pathlib import Path
 
 from service.settings import Settings, load_settings
 
@@ -75,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings)
     if args.command == "cleanup" and args.keep_newest is None and args.older_than_days is None:
         parser.error("cleanup needs --keep-newest and/or --older-than-days")
+    if args.command == "cleanup" and ((args.keep_newest or 0) < 0 or (args.older_than_days or 0) < 0):
+        parser.error("--keep-newest and --older-than-days must be >= 0")
+    if args.command in ("backup", "cleanup") and not Path(settings.database_path).is_file():
+        # a mistyped DATABASE_PATH must not "succeed" on a fresh empty database
+        parser.error(f"no database at DATABASE_PATH={settings.database_path!r} (run 'migrate' to create one)")
     result = asyncio.run(_with_db(settings, args.command, args))
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

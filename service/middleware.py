@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -62,10 +63,12 @@ class RequestContext:
         rid_header = (b"x-request-id", rid.encode())
         started = time.perf_counter()
         status_holder = [500]
+        response_started = [False]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                response_started[0] = True
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
@@ -91,6 +94,21 @@ class RequestContext:
                 self.metrics.in_flight.inc()
             try:
                 await self.app(scope, _bounded(receive, limit), send_wrapper)
+            except asyncio.CancelledError:
+                # uvicorn cancels requests still running when SHUTDOWN_TIMEOUT_S expires and would answer them
+                # 500 (plus a traceback). Answer 503 instead (mid-response, uvicorn just closes the connection)
+                # and end the cancelled task normally.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                if not response_started[0]:
+                    await self._reject(
+                        send_wrapper,
+                        503,
+                        "shutting_down",
+                        "server is shutting down; retry shortly",
+                        [(b"retry-after", b"1"), (b"connection", b"close"), rid_header],
+                    )
             finally:
                 self.in_flight -= 1
                 if self.metrics is not None:

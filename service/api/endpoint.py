@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -12,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.auth import Principal
-from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from service.errors import BadRequest, Unauthorized, UnsupportedMediaType, ValidationFailed
 from service.state import AppContext
 
 B = TypeVar("B", bound=BaseModel)
@@ -60,14 +62,26 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 def parse_query(model: type[Q], request: Request) -> Q:
+    raw_query: bytes = request.scope.get("query_string", b"")
+    if b"%" in raw_query:
+        try:  # Starlette decodes with errors="replace": refuse bytes that are not UTF-8 instead of guessing
+            parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("query string is not valid UTF-8") from None
     params = request.query_params
     for key in params:
         if len(params.getlist(key)) > 1:
             raise ValidationFailed("query parameter given more than once", details=[{"loc": ["query", key]}])
+        if "\x00" in params[key]:
+            raise ValidationFailed("NUL characters are not accepted", details=[{"loc": ["query", key]}])
     try:
         return model.model_validate(dict(params))
     except ValidationError as exc:
         raise ValidationFailed("invalid query parameters", details=validation_details(exc)) from None
+
+
+# A JSON ``\u0000`` escape that is not itself escaped (an even run of backslashes before it).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 async def parse_json_body(model: type[B], request: Request) -> B:
@@ -75,8 +89,11 @@ async def parse_json_body(model: type[B], request: Request) -> B:
     ctype = request.headers.get("content-type", "")
     if raw and ctype.split(";")[0].strip().lower() not in ("application/json", ""):
         raise UnsupportedMediaType("send the body as application/json", details={"content_type": ctype[:100]})
+    if _ESCAPED_NUL.search(raw):
+        raise ValidationFailed("NUL characters (\\u0000) are not accepted in the body")
     try:
-        return model.model_validate_json(raw or b"{}")
+        # strict: a JSON value must have the documented type (no "5" for 5, no false for 0.0)
+        return model.model_validate_json(raw or b"{}", strict=True)
     except ValidationError as exc:
         details = validation_details(exc)
         if len(details) == 1 and "recursion limit" in details[0]["msg"]:
@@ -91,10 +108,18 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return JSONResponse(content, status_code=status, headers=headers)
 
 
+def _authorization(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None and not (header.isascii() and header.isprintable()):
+        # it is forwarded to the auth service: a non-ASCII (latin-1 decoded) value could not even be encoded
+        raise Unauthorized("Authorization must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    return header
+
+
 def to_route(ep: Endpoint, path: str) -> Route:
     async def endpoint(request: Request) -> Response:
         ctx = cast(AppContext, request.state.ctx)
-        principal = await ctx.auth.resolve(request.headers.get("authorization")) if ep.auth else _ANONYMOUS
+        principal = await ctx.auth.resolve(_authorization(request)) if ep.auth else _ANONYMOUS
         query = parse_query(ep.query, request) if ep.query else Empty()
         body = await parse_json_body(ep.body, request) if ep.body and not ep.multipart else Empty()
         call: Call[Any, Any] = Call(request, ctx, principal, body, query, dict(request.path_params))

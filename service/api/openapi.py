@@ -12,6 +12,7 @@ from service import __version__
 from service.api.endpoint import Endpoint
 
 REF = "#/components/schemas/{model}"
+UPLOAD_TYPES = "text/plain, text/markdown"  # the file parts a document upload accepts
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -95,10 +96,10 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
         op["security"] = [{"bearer": []}]
     if ep.body is not None:
         media = "multipart/form-data" if ep.multipart else "application/json"
-        op["requestBody"] = {
-            "required": True,
-            "content": {media: {"schema": {"$ref": REF.format(model=ep.body.__name__)}}},
-        }
+        content: dict[str, Any] = {"schema": {"$ref": REF.format(model=ep.body.__name__)}}
+        if ep.multipart and "files" in ep.body.model_fields:
+            content["encoding"] = {"files": {"contentType": UPLOAD_TYPES}}
+        op["requestBody"] = {"required": True, "content": {media: content}}
     responses: dict[str, Any] = {}
     if ep.raw_response is not None:
         responses[str(ep.status)] = {"description": "OK", "content": {ep.raw_response: {"schema": {"type": "string"}}}}
@@ -113,9 +114,13 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
     if ep.query is not None:
         statuses |= {400, 422}
     for status in sorted(statuses):
+        schema: dict[str, Any] = {"$ref": REF.format(model="Error")}
+        if status == 503 and not ep.auth and ep.response is not None:
+            # An unauthenticated probe (/health/ready, /health/services) answers 503 with its own body.
+            schema = {"anyOf": [{"$ref": REF.format(model=ep.response.__name__)}, schema]}
         responses[str(status)] = {
             "description": REASONS.get(status, "Error"),
-            "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+            "content": {"application/json": {"schema": schema}},
         }
     op["responses"] = responses
     op.update(ep.extra_openapi)

@@ -26,7 +26,7 @@ class RagQueryRequest(Strict):
     min_score: float | None = Field(default=None, ge=0.0, le=1.0)
     max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
     model: str | None = Field(default=None, min_length=1, max_length=100)
-    chain_type: str | None = Field(default=None, min_length=1, max_length=50)
+    chain_type: str | None = Field(default=None, pattern=r"^[A-Za-z_]{1,32}$")  # as the RAG service accepts
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     conversation_history: list[Turn] = Field(default_factory=list, max_length=50)
 

@@ -12,7 +12,7 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, ValidationFailed
+from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, ValidationFailed
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
@@ -198,7 +198,10 @@ class Rag:
         ok = [r for r in results if r["success"]]
         chunks_total = sum(r["chunks_processed"] for r in ok)
         if not ok:
-            raise BadGateway("no document was processed", details={"files": results})
+            # Every file failed: when they all failed the same way (downstream unreachable or timing out), say so.
+            statuses = {r["error"]["status"] for r in results}
+            failure = {503: ServiceUnavailable, 504: GatewayTimeout}.get(statuses.pop()) if len(statuses) == 1 else None
+            raise (failure or BadGateway)("no document was processed", details={"files": results})
         counters = await rag_store.record(
             self.db,
             form.session_id,

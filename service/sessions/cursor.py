@@ -11,6 +11,8 @@ from typing import Any
 
 from service.errors import BadRequest
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _sign(payload: bytes, secret: str) -> str:
     return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()[:24]
@@ -36,6 +38,7 @@ def decode_cursor(cursor: str, secret: str, shape: tuple[type, ...]) -> list[Any
         not isinstance(position, list)
         or len(position) != len(shape)
         or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(position, shape, strict=True))
+        or any(isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX for v in position)  # SQLite's INTEGER
     ):
         raise BadRequest("invalid cursor", details={"cursor": "wrong shape"})
     return position

@@ -82,7 +82,7 @@ class RagSettings(Strict):
     min_score: float | None = Field(default=None, ge=0.0, le=1.0)
     max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
     model: str | None = Field(default=None, min_length=1, max_length=100)
-    chain_type: str | None = Field(default=None, min_length=1, max_length=50)
+    chain_type: str | None = Field(default=None, pattern=r"^[A-Za-z_]{1,32}$")  # as the RAG service accepts
     embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
 
 
@@ -111,7 +111,7 @@ class SessionPatch(Strict):
 class EventCreate(Strict):
     """A client event; ``state`` (0..8) also records STATE_CHANGED from the last known state."""
 
-    event_type: str | None = Field(default=None, min_length=1, max_length=64)
+    event_type: str | None = Field(default=None, min_length=1, max_length=64, pattern=EVENT_TYPE_RE.pattern)
     event_data: dict[str, Any] | None = None
     state: State | None = None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -177,3 +179,26 @@ async def test_metadata_bound_applies_to_the_merged_object(make_gateway: Any) ->
         assert await snapshot(path) == before
         r = await c.get(f"/sessions/{sid}", headers=auth("teacher"))
         assert set(r.json()["metadata"]) == {"a", "b"}
+
+
+async def test_in_flight_bound_sheds_with_503(make_gateway: Any, devstack: ServerThread) -> None:
+    gw = await start_gateway(make_gateway, max_in_flight=1)
+    slow = {"Authorization": f"Bearer dev:teacher:slow{uuid.uuid4().hex[:12]}"}
+    async with httpx.AsyncClient(base_url=devstack.url) as ds, httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+        try:
+            await ds.post("/_control", json={"latency_ms": 400, "fault_paths": ["/users/me"]})
+            first = asyncio.create_task(c.get("/sessions", headers=slow))
+            # wait until the first request is parked inside its auth lookup
+            for _ in range(200):
+                if (await ds.get("/_control")).json()["inflight"] >= 1:
+                    break
+                await asyncio.sleep(0.005)
+            r = await c.get("/sessions", headers=auth("teacher"))
+            error_of(r, 503, "overloaded")
+            assert r.headers["retry-after"] == "1" and r.headers["x-request-id"]
+            assert (await c.get("/health")).status_code == 200  # probes are never shed
+            assert (await first).status_code == 200
+        finally:
+            await ds.post("/_control/reset")
+        # capacity is back once the first request is done
+        assert (await c.get("/sessions", headers=auth("teacher"))).status_code == 200

@@ -69,12 +69,12 @@ class ChildProcess:
     def spawn(self, *args: str) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self._close_log()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._log = open(self.log_path, "ab")  # closed in close()
         argv = [sys.executable]
         if self.warn_resources:
             argv += ["-W", "always::ResourceWarning"]
         argv += ["-m", self.module, *args]
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.proc = subprocess.Popen(  # our own interpreter and module
             argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log
         )
 
@@ -92,15 +92,15 @@ class ChildProcess:
             assert self.proc is not None
             self.proc.send_signal(sig)
 
-    async def wait_exit(self, timeout: float) -> int:
-        """The exit code; kills the process (and fails) if it does not exit within ``timeout``."""
+    async def wait_exit(self, within_s: float) -> int:
+        """The exit code; kills the process (and fails) if it does not exit within ``within_s``."""
         assert self.proc is not None
         try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
+            return await asyncio.to_thread(self.proc.wait, within_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             await asyncio.to_thread(self.proc.wait, 10)
-            raise AssertionError(f"{self.module} did not exit within {timeout} s; killed") from None
+            raise AssertionError(f"{self.module} did not exit within {within_s} s; killed") from None
 
     async def kill(self) -> None:
         """SIGKILL: the process gets no chance to flush, checkpoint or close anything."""
@@ -137,19 +137,19 @@ class ChildProcess:
                 return int(line.split()[1])
         return 0
 
-    async def wait_http(self, url: str, timeout: float = 30.0) -> None:
+    async def wait_http(self, url: str, within_s: float = 30.0) -> None:
         """Poll ``url`` until it answers 200; fail early if the process died."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 if not self.running:
-                    raise AssertionError(f"{self.module} exited ({self.proc and self.proc.returncode}):\n"
-                                         f"{self.log_text()[-3000:]}")
+                    code = self.proc and self.proc.returncode
+                    raise AssertionError(f"{self.module} exited ({code}):\n{self.log_text()[-3000:]}")
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(url)).status_code == 200:
                         return
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{url} did not answer within {timeout} s:\n{self.log_text()[-3000:]}")
+                    raise AssertionError(f"{url} did not answer within {within_s} s:\n{self.log_text()[-3000:]}")
                 await asyncio.sleep(0.05)
 
 
@@ -181,9 +181,9 @@ class GatewayProcess(ChildProcess):
         env.update({k.upper(): str(v) for k, v in settings.items()})
         super().__init__("service", env, tmp / f"{name}.stderr.log")
 
-    async def start(self, timeout: float = 30.0) -> GatewayProcess:
+    async def start(self, within_s: float = 30.0) -> GatewayProcess:
         self.spawn("serve")
-        await self.wait_http(f"{self.url}/health/ready", timeout)
+        await self.wait_http(f"{self.url}/health/ready", within_s)
         return self
 
 
@@ -198,9 +198,9 @@ class DevstackProcess(ChildProcess):
         env.update({f"DEVSTACK_{k.upper()}": str(v) for k, v in settings.items()})
         super().__init__("devstack", env, tmp / f"{name}.stderr.log", warn_resources=False)
 
-    async def start(self, timeout: float = 30.0) -> DevstackProcess:
+    async def start(self, within_s: float = 30.0) -> DevstackProcess:
         self.spawn()
-        await self.wait_http(f"{self.url}/health", timeout)
+        await self.wait_http(f"{self.url}/health", within_s)
         return self
 
     async def control(self, **knobs: Any) -> dict[str, Any]:
@@ -230,6 +230,26 @@ def integrity(conn: sqlite3.Connection) -> tuple[list[str], list[tuple[Any, ...]
     checks = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
     orphans = conn.execute("PRAGMA foreign_key_check").fetchall()
     return checks, orphans
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], within_s: float, what: str) -> None:
+    """Poll ``check`` until it is true; fail with ``what`` after ``within_s`` (a "does not hang" deadline)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        done = check()
+        if not isinstance(done, bool):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {within_s} s)")
+        await asyncio.sleep(0.05)
+
+
+def wal_bytes(db_path: Path) -> int:
+    """Size of the database's -wal file; 0 when it is absent (checkpointed and removed at close)."""
+    wal = Path(f"{db_path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
 
 
 # -- bounded load ---------------------------------------------------------------------------------------------

@@ -1,0 +1,445 @@
+"""Ratios, target checks, and the JSON / Markdown / PNG outputs of the bench and the soak."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import BASELINE, GATEWAY
+
+MAIN_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c100", "rag_c500", "rag_c1000", "mixed")
+CLIENT_BUSY_PCT = 80.0
+
+
+def _find(
+    runs: Iterable[dict[str, Any]], scenario: str, target: str, variant: str = "default"
+) -> dict[str, Any] | None:
+    for r in runs:
+        if r["scenario"] == scenario and r["target"] == target and r["variant"] == variant:
+            return r
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """Add ratios to every run and evaluate the issue's targets (numbers only: these are not tests)."""
+    runs: list[dict[str, Any]] = data["runs"]
+    ceiling = _find(runs, "ceiling", GATEWAY)
+    ceiling_rps = ceiling["rps"] if ceiling else None
+    for r in runs:
+        base = _find(runs, r["scenario"], BASELINE)
+        r["x_ceiling"] = _ratio(r.get("rps"), ceiling_rps)
+        r["x_baseline"] = _ratio(r.get("rps"), base["rps"]) if r["target"] == GATEWAY and base else None
+        r["client_busy"] = r.get("client", {}).get("cpu_pct", 0.0) >= CLIENT_BUSY_PCT
+    data["targets"] = evaluate(runs)
+    data["overhead"] = overhead(runs)
+    data["transports"] = transports(runs)
+    clients = [r["client"]["cpu_pct"] for r in runs if "client" in r]
+    data["client_check"] = {
+        "max_wrk_cpu_pct": max(clients) if clients else None,
+        "runs_with_busy_client": [f"{r['scenario']}/{r['target']}/{r['variant']}" for r in runs if r["client_busy"]],
+        "rule": f"wrk's CPU below {CLIENT_BUSY_PCT:.0f}% of its core means the server, not the client, was the limit",
+    }
+    return data
+
+
+def _target(name: str, value: Any, goal: str, met: bool | None, note: str = "") -> dict[str, Any]:
+    return {"target": name, "value": value, "goal": goal, "met": met, "note": note}
+
+
+def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    gw = {r["scenario"]: r for r in runs if r["target"] == GATEWAY and r["variant"] == "default"}
+    if "read" in gw and gw["read"].get("x_ceiling") is not None:
+        v = gw["read"]["x_ceiling"]
+        out.append(_target("read >= 0.6 x ceiling", f"{v:.2f} x", ">= 0.60 x", v >= 0.6))
+    if "write" in gw and gw["write"].get("x_ceiling") is not None:
+        v = gw["write"]["x_ceiling"]
+        out.append(_target("write >= 0.3 x ceiling", f"{v:.2f} x", ">= 0.30 x", v >= 0.3))
+    if "list" in gw:
+        v = gw["list"]["latency_ms"]["p99"]
+        out.append(_target("list p99 < 50 ms at 64 connections", f"{v:.1f} ms", "< 50 ms", v < 50))
+    if "rag_c1000" in gw:
+        r = gw["rag_c1000"]
+        out.append(_target("rag@1000: zero errors", r["errors_total"], "0", r["errors_total"] == 0))
+        if r.get("x_baseline") is not None:
+            out.append(_target("rag@1000: >= 5 x baseline", f"{r['x_baseline']:.1f} x", ">= 5 x", r["x_baseline"] >= 5))
+        v = r["latency_ms"]["p99"]
+        out.append(_target("rag@1000: p99 < 400 ms", f"{v:.0f} ms", "< 400 ms", v < 400))
+    for name in ("read", "write"):
+        if name in gw and gw[name].get("x_baseline") is not None:
+            v = gw[name]["x_baseline"]
+            out.append(_target(f"{name}: gateway >= 2 x baseline", f"{v:.1f} x", ">= 2 x", v >= 2))
+    gw_all = [r for r in runs if r["target"] == GATEWAY and r.get("lag")]
+    if gw_all:
+        p99s = [(r["lag"].get("p99_le_s"), r) for r in gw_all]
+        bad99 = [f"{r['scenario']}[{r['variant']}]" for v, r in p99s if v is None or v > 0.005]
+        worst99 = max((v or 0.0) for v, _ in p99s)
+        out.append(
+            _target(
+                "event-loop lag p99 < 5 ms, every gateway run",
+                f"worst p99 <= {worst99 * 1000:g} ms",
+                "<= 5 ms bucket",
+                not bad99,
+                "over: " + ", ".join(bad99) if bad99 else "",
+            )
+        )
+        maxes = [(r["lag"].get("max_s") or 0.0, r) for r in gw_all]
+        badmax = [f"{r['scenario']}[{r['variant']}] {v * 1000:.0f} ms" for v, r in maxes if v >= 0.05]
+        worst = max(v for v, _ in maxes)
+        out.append(
+            _target(
+                "event-loop lag max < 50 ms, every gateway run",
+                f"worst {worst * 1000:.1f} ms",
+                "< 50 ms",
+                not badmax,
+                "over: " + ", ".join(badmax) if badmax else "",
+            )
+        )
+        peak = max(r["server"]["peak_rss_mb"] for r in gw_all)
+        out.append(_target("gateway RSS < 200 MB at peak", f"{peak:.0f} MB", "< 200 MB", peak < 200))
+    return out
+
+
+def overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name in ("ceiling", "read"):
+        on = _find(runs, name, GATEWAY)
+        off = _find(runs, name, GATEWAY, "metrics+access log off")
+        if on and off:
+            cost = 1 - on["rps"] / off["rps"] if off["rps"] else None
+            out.append(
+                {
+                    "scenario": name,
+                    "rps_defaults": on["rps"],
+                    "rps_metrics_log_off": off["rps"],
+                    "p99_defaults_ms": on["latency_ms"]["p99"],
+                    "p99_off_ms": off["latency_ms"]["p99"],
+                    "throughput_cost_pct": None if cost is None else round(100 * cost, 1),
+                }
+            )
+    return out
+
+
+def transports(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in runs:
+        if (
+            r["target"] == GATEWAY
+            and r["scenario"].startswith("rag_c")
+            and (r["group"] == "transport" or r["variant"] == "default")
+        ):
+            env = r["env"]
+            out.append(
+                {
+                    "connections": r["connections"],
+                    "variant": r["variant"] if r["variant"] != "default" else "default: aiohttp conn=200",
+                    "transport": env.get("HTTP_TRANSPORT", "aiohttp"),
+                    "max_connections": int(env.get("HTTP_MAX_CONNECTIONS", 200)),
+                    "max_keepalive": int(env.get("HTTP_MAX_KEEPALIVE", 100)),
+                    "rps": r["rps"],
+                    "p50_ms": r["latency_ms"]["p50"],
+                    "p99_ms": r["latency_ms"]["p99"],
+                    "errors": r["errors_total"],
+                    "server_cpu_pct": r["server"]["cpu_pct"],
+                    "x_baseline": r.get("x_baseline"),
+                }
+            )
+    return sorted(out, key=lambda t: (t["connections"], t["variant"] != "default: aiohttp conn=200", t["variant"]))
+
+
+# --------------------------------------------------------------------------------------------- Markdown
+
+
+def _ms(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _lag(r: dict[str, Any]) -> tuple[str, str]:
+    lag = r.get("lag")
+    if not lag:
+        return "-", "-"
+    p99 = lag.get("p99_le_s")
+    mx = lag.get("max_s")
+    p99_s = "n/a" if p99 is None else f"<={p99 * 1000:g}"
+    mx_s = "n/a" if mx is None else (f"{mx * 1000:.1f}" if lag.get("max_exact") else f"<={mx * 1000:g}")
+    return p99_s, mx_s
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
+def _x(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def results_table(runs: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | server | conns | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | loop lag p99 ms "
+        "| loop lag max ms | peak RSS MB | x ceiling | gw / baseline | server CPU % | wrk CPU % "
+        "| other load on server CPU % |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    rows = []
+    for r in runs:
+        if r["group"] == "transport" and r["variant"] != "default":
+            continue
+        lat = r["latency_ms"]
+        p99, mx = _lag(r)
+        server = r["target"] + ("" if r["variant"] == "default" else f" ({r['variant']})")
+        rows.append(
+            f"| {r['scenario']} | {server} | {r['connections']} | {r['rps']:,.0f} | {_ms(lat['p50'])} | "
+            f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} | {r['errors_total']} | {p99} | {mx} | "
+            f"{r['server']['peak_rss_mb']:.0f} | {_x(r.get('x_ceiling'))} | {_x(r.get('x_baseline'))} | "
+            f"{r['server']['cpu_pct']:.0f} | {r['client']['cpu_pct']:.0f} | {_pct(r.get('server_core_other_pct'))} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def transport_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = (
+        "| conns | variant | HTTP_TRANSPORT | HTTP_MAX_CONNECTIONS | HTTP_MAX_KEEPALIVE | req/s | p50 ms | p99 ms "
+        "| errors | server CPU % |\n|--:|---|---|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    return (
+        head
+        + "\n".join(
+            f"| {t['connections']} | {t['variant']} | {t['transport']} | {t['max_connections']} | {t['max_keepalive']} "
+            f"| {t['rps']:,.0f} | {_ms(t['p50_ms'])} | {_ms(t['p99_ms'])} | {t['errors']} | {t['server_cpu_pct']:.0f} |"
+            for t in rows
+        )
+        + "\n"
+    )
+
+
+def bench_markdown(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    cfg = data["config"]
+    parts = [
+        "# Benchmark results\n",
+        f"- machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, {m['wrk']}",
+        f"- pinning: {data['pinning']['description']}",
+        f"- command: `{data['command']}` ({data['created']}, {data['elapsed_s']:.0f} s in all)",
+        f"- each run: fresh server process and database copy ({cfg['sessions_seeded']:,} seeded sessions), "
+        f"set-up through the API, {cfg['warmup_s']:g} s warm-up, {cfg['duration_s']:g} s measured with wrk "
+        f"(1 thread, {cfg['wrk_timeout_s']:g} s timeout); "
+        f"loop lag probe every {cfg['loop_lag_interval_s'] * 1000:g} ms",
+        "- errors = socket errors + timeouts + non-2xx answers; loop lag from the gateway's /metrics over the "
+        "measured window (p99 as a histogram bucket bound; max exact unless shown as <=)",
+        "- x ceiling = req/s / the gateway's GET /health req/s; gw / baseline = gateway req/s / baseline req/s",
+        "",
+        "## Results\n",
+        results_table(data["runs"]),
+    ]
+    if data.get("transports"):
+        parts += ["## Downstream transport (rag scenario, gateway only)\n", transport_table(data["transports"])]
+    if data.get("overhead"):
+        parts.append("## Overhead of metrics + access log (METRICS_ENABLED=false ACCESS_LOG=false vs defaults)\n")
+        parts.append("| scenario | req/s defaults | req/s off | p99 ms defaults | p99 ms off | throughput cost |")
+        parts.append("|---|--:|--:|--:|--:|--:|")
+        for o in data["overhead"]:
+            parts.append(
+                f"| {o['scenario']} | {o['rps_defaults']:,.0f} | {o['rps_metrics_log_off']:,.0f} | "
+                f"{_ms(o['p99_defaults_ms'])} | {_ms(o['p99_off_ms'])} | {o['throughput_cost_pct']}% |"
+            )
+        parts.append("")
+    if data.get("targets"):
+        parts += ["## Targets\n", "| target | measured | goal | met |", "|---|---|---|---|"]
+        for t in data["targets"]:
+            met = "yes" if t["met"] else ("n/a" if t["met"] is None else "**no**")
+            note = f" ({t['note']})" if t["note"] else ""
+            parts.append(f"| {t['target']} | {t['value']}{note} | {t['goal']} | {met} |")
+        parts.append("")
+    cc = data["client_check"]
+    busy = cc["runs_with_busy_client"]
+    parts.append(
+        f"Client check: wrk's CPU peaked at {cc['max_wrk_cpu_pct']}% of its core; "
+        + (
+            f"busy (>= {CLIENT_BUSY_PCT:.0f}%) in: {', '.join(busy)}."
+            if busy
+            else f"below {CLIENT_BUSY_PCT:.0f}% in every run, so the server was the limit."
+        )
+        + "\n"
+    )
+    return "\n".join(parts)
+
+
+def _growth_row(name: str, g: dict[str, float], verdict: str) -> str:
+    cells = [g["early_median"], g["late_median"], g["growth"], g["slope_per_min"], g["min"], g["max"]]
+    return f"| {name} | " + " | ".join(f"{c:g}" for c in cells) + f" | {verdict} |"
+
+
+def soak_markdown(data: dict[str, Any]) -> str:
+    v = data["verdict"]
+    w = data["wrk"]
+    lag = data["lag"]
+
+    def yn(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    return "\n".join(
+        [
+            "# Soak results\n",
+            f"- command: `{data['command']}`; {data['scenario']}, {data['connections']} connections, "
+            f"{data['duration_s']:g} s, {data['sessions_seeded']:,} seeded sessions; {data['pinning']}",
+            f"- throughput {w['rps']:,.0f} req/s, p50 {_ms(w['latency_ms']['p50'])} ms, "
+            f"p99 {_ms(w['latency_ms']['p99'])} ms, max {_ms(w['latency_ms']['max'])} ms, errors {w['errors_total']} "
+            f"(statuses {w['statuses']}); server CPU {data['server_cpu_pct']:.0f}%, wrk CPU {w['client_cpu_pct']:.0f}%",
+            f"- event-loop lag: p99 <= {(lag['p99_le_s'] or 0) * 1000:g} ms, max "
+            f"{(lag['max_s'] or 0) * 1000:.1f} ms ({lag['samples']} samples)",
+            "",
+            "| measure | 10-20% of run (median) | last 10% (median) | growth | slope / min | min | max | no growth |",
+            "|---|--:|--:|--:|--:|--:|--:|---|",
+            _growth_row("RSS MB", data["rss_mb"], f"{yn(v['rss_ok'])} (limit {v['rss_growth_limit_mb']} MB)"),
+            _growth_row("open fds", data["fds"], f"{yn(v['fds_ok'])} (limit {v['fd_growth_limit']})"),
+            _growth_row("threads", data["threads"], ""),
+            "",
+            f"- peak RSS {data['peak_rss_mb']:.0f} MB; database after the run: integrity_check "
+            f"`{data['integrity']['integrity_check']}`, {data['integrity']['foreign_key_violations']} foreign-key "
+            f"violations, {data['integrity']['sessions']:,} sessions, {data['integrity']['events']:,} events",
+            f"- gateway exit code {data['server_exit_code']}, {data['server_log_error_lines']} error lines in its log",
+            f"- verdict: {'PASS' if v['ok'] else 'FAIL'}",
+            "",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def write_bench(data: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_json(data, out / "bench.json")]
+    md = out / "bench.md"
+    md.write_text(bench_markdown(data) + "\n![throughput and p99](bench.png)\n")
+    paths.append(md)
+    chart = bench_chart(data, out / "bench.png")
+    if chart:
+        paths.append(chart)
+    tchart = transport_chart(data, out / "transports.png")
+    if tchart:
+        paths.append(tchart)
+    return paths
+
+
+def write_soak(data: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_json(data, out / "soak.json")]
+    md = out / "soak.md"
+    md.write_text(soak_markdown(data) + "\n![RSS and open fds over time](soak.png)\n")
+    paths.append(md)
+    chart = soak_chart(data, out / "soak.png")
+    if chart:
+        paths.append(chart)
+    return paths
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bench_chart(data: dict[str, Any], path: Path) -> Path | None:
+    runs = data["runs"]
+    names = [n for n in MAIN_SCENARIOS if _find(runs, n, GATEWAY) or _find(runs, n, BASELINE)]
+    if not names:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8), constrained_layout=True)
+    width = 0.38
+    xs = list(range(len(names)))
+    for ax, metric, title in (
+        (axes[0], "rps", "throughput (req/s, log scale; higher is better)"),
+        (axes[1], "p99", "p99 latency (ms, log scale; lower is better)"),
+    ):
+        for offset, target, color in ((-width / 2, GATEWAY, "#2b6cb0"), (width / 2, BASELINE, "#c05621")):
+            values = []
+            for n in names:
+                r = _find(runs, n, target)
+                values.append(0 if r is None else (r["rps"] if metric == "rps" else r["latency_ms"]["p99"]))
+            bars = ax.bar([x + offset for x in xs], values, width, label=target, color=color)
+            for bar, value in zip(bars, values, strict=True):
+                if value:
+                    label = f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+                    ax.annotate(label, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(xs, names)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    m = data["machine"]
+    fig.suptitle(
+        f"gateway vs baseline - {m['nproc']} CPUs {m['cpu_model']}, {data['config']['duration_s']:g} s per run"
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def transport_chart(data: dict[str, Any], path: Path) -> Path | None:
+    rows = data.get("transports") or []
+    if len({t["variant"] for t in rows}) < 2:
+        return None
+    plt = _pyplot()
+    conns = sorted({t["connections"] for t in rows})
+    variants = list(dict.fromkeys(t["variant"] for t in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    width = 0.8 / max(1, len(variants))
+    for ax, key, title in ((axes[0], "rps", "req/s (higher is better)"), (axes[1], "p99_ms", "p99 ms (log)")):
+        for i, v in enumerate(variants):
+            values = [next((t[key] for t in rows if t["variant"] == v and t["connections"] == c), 0) for c in conns]
+            ax.bar([x + (i - (len(variants) - 1) / 2) * width for x in range(len(conns))], values, width, label=v)
+        ax.set_xticks(range(len(conns)), [f"{c} conns" for c in conns])
+        ax.set_title(title)
+        if key == "p99_ms":
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("rag scenario: downstream transport under the shared httpx.AsyncClient (downstream +100 ms)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def soak_chart(data: dict[str, Any], path: Path) -> Path | None:
+    s = data["series"]
+    if not s["t"]:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
+    minutes = [t / 60 for t in s["t"]]
+    ax.plot(minutes, s["rss_mb"], color="#2b6cb0", label="RSS MB")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS MB")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(minutes, s["fds"], color="#c05621", label="open fds")
+    ax2.set_ylabel("open fds")
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"soak: {data['scenario']}, {data['connections']} conns - RSS and open file descriptors")
+    fig.legend(loc="lower right")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,489 @@
+"""``python -m bench.run``: the gateway and the legacy baseline under the same load, same machine, same run.
+
+Per run (one scenario, one server, one configuration): a fresh copy of the seeded database, a fresh server
+process pinned to its own CPU, set-up through the API, a warm-up, then a measured ``wrk`` run of fixed
+duration while /proc is sampled; the gateway's /metrics is scraped before and after for the event-loop lag.
+Results go to ``<out>/bench.{json,md,png}`` (``--soak``: ``<out>/soak.{json,md,png}``).
+
+    python -m bench.run                       # everything, ~12 min on 2 cores
+    python -m bench.run --quick --scenarios ceiling,read --out /tmp/b   # smoke run, seconds per scenario
+    python -m bench.run --soak                # mixed scenario for 10 minutes: RSS / fds over time
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios, seed, servers
+from bench.scenarios import BASELINE, GATEWAY, Run, Scale, Setup
+from bench.wrk import run_wrk
+
+DEFAULT_OUT = servers.REPO_ROOT / "bench" / "results"
+SESSION_ID = re.compile(r"[0-9a-f]{32}")
+# Settings the runner controls: inherited values would make runs irreproducible.
+GATEWAY_ENV_PREFIXES = (
+    "HOST",
+    "PORT",
+    "DATABASE_PATH",
+    "AUTH_",
+    "RAG_",
+    "QUESTION_",
+    "LOG_",
+    "ACCESS_LOG",
+    "DB_",
+    "HTTP_",
+    "DOWNSTREAM_",
+    "MAX_",
+    "SHUTDOWN_",
+    "BACKUP_",
+    "CURSOR_",
+    "LOOP_",
+    "METRICS_",
+    "FORWARD_",
+    "DEVSTACK_",
+)
+
+
+@dataclass
+class Options:
+    groups: list[str]
+    duration_s: float
+    warmup_s: float
+    sessions: int
+    scale: Scale
+    out: Path
+    baseline: bool
+    timeout_s: float
+    lag_interval_s: float
+    keep_workdir: bool
+    quick: bool
+    soak: bool
+    soak_duration_s: float
+    track_status: bool
+    quiet_busy_pct: float
+    quiet_wait_s: float
+    command: str
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(GATEWAY_ENV_PREFIXES)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(extra)
+    return env
+
+
+def post_json(url: str, body: dict[str, Any]) -> Any:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+class Bench:
+    """Owns the work directory, the seeded databases and the reference downstream for one invocation."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.cores = servers.plan_cores()
+        self.work = Path(tempfile.mkdtemp(prefix="bench-"))
+        (self.work / "logs").mkdir()
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.raw = opts.out / "raw" / stamp
+        self.devstack_url = ""
+        self.devstack_pid = 0
+        self.pristine: dict[str, Path] = {}
+        self.seeds: dict[str, Any] = {}
+
+    # -- fixtures ----------------------------------------------------------------------------------------
+    def start_devstack(self) -> None:
+        port = servers.free_port()
+        log = self.work / "logs" / "devstack.log"
+        env = clean_env(DEVSTACK_HOST=servers.LOCALHOST, DEVSTACK_PORT=str(port), DEVSTACK_SEED="1")
+        proc = servers.spawn([sys.executable, "-m", "devstack"], env=env, log=log, core=self.cores.downstream)
+        self.devstack_url = f"http://{servers.LOCALHOST}:{port}"
+        servers.wait_http(self.devstack_url + "/health", proc, log=log)
+        self.devstack_pid = proc.pid
+
+    def devstack_control(self, latency_ms: int, *, clear: bool = False) -> None:
+        post_json(self.devstack_url + "/_control/reset", {"clear_data": clear})
+        post_json(self.devstack_url + "/_control", {"latency_ms": latency_ms})
+
+    def seed(self, targets: Sequence[str]) -> None:
+        n = self.opts.sessions
+        if GATEWAY in targets:
+            path = self.work / "gateway-seed.db"
+            say(f"  seeding the gateway database: {n:,} sessions ...")
+            self.seeds[GATEWAY] = seed.seed_gateway(path, n)
+            self.pristine[GATEWAY] = path
+            say(f"    done in {self.seeds[GATEWAY]['seconds']} s ({self.seeds[GATEWAY]['bytes'] / 2**20:.0f} MB)")
+        if BASELINE in targets:
+            path = self.work / "baseline-seed.db"
+            say(f"  seeding the baseline (legacy) database: {n:,} sessions ...")
+            self.seeds[BASELINE] = seed.seed_baseline(path, n)
+            self.pristine[BASELINE] = path
+            say(f"    done in {self.seeds[BASELINE]['seconds']} s ({self.seeds[BASELINE]['bytes'] / 2**20:.0f} MB)")
+
+    # -- servers -----------------------------------------------------------------------------------------
+    def start_server(self, target: str, env_extra: dict[str, str], db: Path, log: Path) -> tuple[Any, str]:
+        port = servers.free_port()
+        url = f"http://{servers.LOCALHOST}:{port}"
+        if target == GATEWAY:
+            env = clean_env(
+                HOST=servers.LOCALHOST,
+                PORT=str(port),
+                DATABASE_PATH=str(db),
+                AUTH_SERVICE_URL=self.devstack_url,
+                RAG_SERVICE_URL=self.devstack_url,
+                QUESTION_SERVICE_URL=self.devstack_url,
+                BACKUP_DIR=str(self.work / "backups"),
+                LOOP_LAG_INTERVAL_S=str(self.opts.lag_interval_s),
+                **env_extra,
+            )
+            cmd = [sys.executable, "-m", "service", "serve"]
+            ready = url + "/health/ready"
+        else:
+            env = clean_env(RAG_SERVICE_URL=self.devstack_url, AUTH_SERVICE_URL=self.devstack_url, **env_extra)
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.baseline",
+                "--host",
+                servers.LOCALHOST,
+                "--port",
+                str(port),
+                "--db",
+                str(db),
+                "--log-level",
+                "info",
+                "--access-log",
+            ]
+            ready = url + "/health"
+        proc = servers.spawn(cmd, env=env, log=log, core=self.cores.server)
+        servers.wait_http(ready, proc, timeout=60, log=log)
+        return proc, url
+
+    def fresh_db(self, target: str, name: str) -> Path:
+        db = self.work / f"{name}.db"
+        shutil.copyfile(self.pristine[target], db)
+        return db
+
+    @staticmethod
+    def drop_db(db: Path) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+
+    # -- one measured run --------------------------------------------------------------------------------
+    def execute(self, index: int, total: int, run: Run) -> dict[str, Any]:
+        opts = self.opts
+        name = f"{index:02d}-{run.scenario.name}-{run.target}-{run.variant}".replace(" ", "_").replace("=", "")
+        name = "".join(c for c in name if c.isalnum() or c in "-_.")
+        say(f"[{index:2d}/{total}] {run.label}  ({run.scenario.connections} connections)")
+        log = self.work / "logs" / f"{name}.log"
+        background = servers.wait_for_quiet(opts.quiet_busy_pct, opts.quiet_wait_s, say)
+        db = self.fresh_db(run.target, name)
+        self.devstack_control(0, clear=True)
+        proc, url = self.start_server(run.target, dict(run.env), db, log)
+        record: dict[str, Any] = {
+            "scenario": run.scenario.name,
+            "group": run.group,
+            "title": run.scenario.title,
+            "target": run.target,
+            "variant": run.variant,
+            "env": dict(run.env),
+            "connections": run.scenario.connections,
+            "downstream_latency_ms": run.scenario.downstream_latency_ms,
+            "machine_busy_pct_before": background,
+        }
+        try:
+            plan = asyncio.run(self._setup(run, url))
+            plan_path = scenarios.write_plan(plan, self.raw / f"{name}.plan.tsv")
+            record["plan_requests"] = len(plan)
+            self.devstack_control(run.scenario.downstream_latency_ms)
+            say(f"      set-up done ({len(plan)} distinct requests); warm-up {opts.warmup_s:g} s ...")
+            warm = run_wrk(
+                url,
+                plan_path,
+                connections=run.scenario.connections,
+                duration_s=opts.warmup_s,
+                timeout_s=opts.timeout_s,
+                core=self.cores.client,
+                track_status=opts.track_status,
+            )
+            record["warmup"] = {"rps": warm.rps, "errors": warm.errors_total}
+            before = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
+            pids = {"server": proc.pid, "devstack": self.devstack_pid}
+            with servers.Sampler(pids, interval=0.5) as sampler:
+
+                def tick(elapsed: float) -> None:
+                    rss, fds = sampler.latest("server")
+                    say(f"      measuring {elapsed:4.0f}/{opts.duration_s:g} s  server RSS {rss:6.1f} MB  fds {fds}")
+
+                say(f"      measuring {opts.duration_s:g} s ...")
+                result = run_wrk(
+                    url,
+                    plan_path,
+                    connections=run.scenario.connections,
+                    duration_s=opts.duration_s,
+                    timeout_s=opts.timeout_s,
+                    core=self.cores.client,
+                    track_status=opts.track_status,
+                    on_tick=tick,
+                )
+            after = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
+            series = sampler.series["server"]
+            record.update(
+                {
+                    "rps": result.rps,
+                    "requests": result.requests,
+                    "duration_s": result.duration_s,
+                    "latency_ms": result.latency_ms,
+                    "errors": result.errors,
+                    "errors_total": result.errors_total,
+                    "statuses": result.statuses,
+                    "lag": servers.lag_window(before, after) if run.target == GATEWAY else None,
+                    "server": {
+                        "peak_rss_mb": round(series.hwm_mb, 1),
+                        "rss_end_mb": series.rss_mb[-1] if series.rss_mb else None,
+                        "fds_end": series.fds[-1] if series.fds else None,
+                        "threads_end": series.threads[-1] if series.threads else None,
+                        "cpu_pct": round(sampler.cpu_pct("server"), 1),
+                    },
+                    "devstack_cpu_pct": round(sampler.cpu_pct("devstack"), 1),
+                    "cpu_busy_pct": sampler.core_busy,
+                    "server_core_other_pct": self._other_load(sampler),
+                    "client": {
+                        "cpu_pct": result.client_cpu_pct,
+                        "cpu_s": result.client_cpu_s,
+                        "wall_s": result.client_wall_s,
+                        "command": result.command,
+                    },
+                }
+            )
+        finally:
+            record["server_exit_code"] = servers.stop(proc)
+            record["server_log_error_lines"] = servers.count_lines(log, ("Traceback", " ERROR ", "ERROR:"))
+            if record["server_log_error_lines"]:
+                (self.raw / f"{name}.log-tail.txt").write_text(servers.tail(log, 200))
+            self.drop_db(db)
+            log.unlink(missing_ok=True)  # access logs are large; tails of failing runs are kept in raw/
+        lag = record.get("lag") or {}
+        lag_text = ""
+        if lag:
+            lag_text = f"  loop lag p99<={fmt_ms(lag.get('p99_le_s'))} max {fmt_ms(lag.get('max_s'))}"
+        say(
+            f"      => {record['rps']:,.0f} req/s  p50 {record['latency_ms']['p50']:.1f} ms  "
+            f"p99 {record['latency_ms']['p99']:.1f} ms  errors {record['errors_total']}{lag_text}  "
+            f"peak RSS {record['server']['peak_rss_mb']:.0f} MB  CPU server {record['server']['cpu_pct']:.0f}% "
+            f"wrk {record['client']['cpu_pct']:.0f}%"
+        )
+        return record
+
+    def _other_load(self, sampler: servers.Sampler) -> float | None:
+        """CPU time on the server's core not used by the server (other processes on a shared machine)."""
+        if self.cores.server is None:
+            return None
+        busy = sampler.core_busy.get(self.cores.server, 0.0)
+        return round(max(0.0, busy - sampler.cpu_pct("server")), 1)
+
+    async def _setup(self, run: Run, url: str) -> list[scenarios.PlanLine]:
+        async with Setup(url, self.devstack_url, self.opts.scale) as setup:
+            plan = await run.scenario.build(setup)
+            # one request of each kind must succeed before anything is measured
+            seen: set[tuple[str, str, str]] = set()
+            for line in plan:
+                kind = (line.method, SESSION_ID.sub("{id}", line.path), line.token or "")
+                if kind[:2] not in {k[:2] for k in seen}:
+                    seen.add(kind)
+                    await setup.check(line)
+            return plan
+
+    def cleanup(self) -> None:
+        servers.stop_all()
+        if self.opts.keep_workdir:
+            say(f"work directory kept: {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def run_bench(opts: Options) -> dict[str, Any]:
+    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline)
+    if not runs:
+        raise SystemExit("nothing to run")
+    bench = Bench(opts)
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    try:
+        bench.raw.mkdir(parents=True, exist_ok=True)
+        say(
+            f"bench: {len(runs)} runs, {opts.duration_s:g} s each after {opts.warmup_s:g} s warm-up; "
+            f"{bench.cores.describe()}; fd limit {servers.raise_fd_limit()}"
+        )
+        servers.pin_self(bench.cores.client)
+        bench.start_devstack()
+        bench.seed(sorted({r.target for r in runs}))
+        for i, run in enumerate(runs, 1):
+            results.append(bench.execute(i, len(runs), run))
+    finally:
+        bench.cleanup()
+    data = {
+        "kind": "bench",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": opts.command,
+        "machine": servers.machine_info(),
+        "pinning": dataclasses.asdict(bench.cores) | {"description": bench.cores.describe()},
+        "config": {
+            "duration_s": opts.duration_s,
+            "warmup_s": opts.warmup_s,
+            "sessions_seeded": opts.sessions,
+            "seeds": bench.seeds,
+            "wrk_timeout_s": opts.timeout_s,
+            "wrk_threads": 1,
+            "loop_lag_interval_s": opts.lag_interval_s,
+            "quick": opts.quick,
+            "groups": opts.groups,
+        },
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "runs": results,
+    }
+    data = report.summarize(data)
+    paths = report.write_bench(data, opts.out)
+    say("\n" + report.bench_markdown(data))
+    say("written: " + ", ".join(str(p) for p in paths))
+    return data
+
+
+def run_soak(opts: Options) -> dict[str, Any]:
+    from bench.soak import soak
+
+    bench = Bench(opts)
+    try:
+        bench.raw.mkdir(parents=True, exist_ok=True)
+        say(
+            f"soak: mixed scenario for {opts.soak_duration_s:g} s; {bench.cores.describe()}; "
+            f"fd limit {servers.raise_fd_limit()}"
+        )
+        servers.pin_self(bench.cores.client)
+        bench.start_devstack()
+        bench.seed([GATEWAY])
+        data = soak(bench, opts)
+    finally:
+        bench.cleanup()
+    paths = report.write_soak(data, opts.out)
+    say("\n" + report.soak_markdown(data))
+    say("written: " + ", ".join(str(p) for p in paths))
+    return data
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per run, 1 s warm-up, small data")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(scenarios.GROUPS),
+        help=f"comma-separated groups (default: all): {', '.join(scenarios.GROUPS)}",
+    )
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 15; quick 2)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 3; quick 1)")
+    parser.add_argument("--sessions", type=int, help="sessions seeded for the list scenario (default 100000)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/results)")
+    parser.add_argument("--no-baseline", action="store_true", help="measure the gateway only")
+    parser.add_argument("--timeout", type=float, default=10.0, help="wrk per-request timeout, s (default 10)")
+    parser.add_argument(
+        "--lag-interval",
+        type=float,
+        default=0.025,
+        help="gateway LOOP_LAG_INTERVAL_S during the bench (default 0.025: 40 samples/s)",
+    )
+    parser.add_argument(
+        "--no-status-tracking",
+        action="store_true",
+        help="do not count status codes in wrk's Lua (saves client CPU; errors still counted)",
+    )
+    parser.add_argument(
+        "--quiet-busy",
+        type=float,
+        default=15.0,
+        help="before each run, wait while other processes keep the machine busier than this %% (default 15)",
+    )
+    parser.add_argument("--quiet-wait", type=float, help="longest wait for quiet, s (default 60; quick 3)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep databases and logs (in /tmp)")
+    parser.add_argument("--soak", action="store_true", help="run the soak test instead of the benchmark")
+    parser.add_argument("--soak-duration", type=float, default=600.0, help="soak seconds (default 600)")
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    groups = [g.strip() for g in args.scenarios.split(",") if g.strip()]
+    scenarios.plan_runs(groups)  # validates names early
+    return Options(
+        groups=groups,
+        duration_s=args.duration if args.duration is not None else (2.0 if quick else 15.0),
+        warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
+        sessions=args.sessions if args.sessions is not None else (2_000 if quick else 100_000),
+        scale=Scale.quick() if quick else Scale(),
+        out=args.out.resolve(),
+        baseline=not args.no_baseline,
+        timeout_s=args.timeout,
+        lag_interval_s=args.lag_interval,
+        keep_workdir=args.keep_workdir,
+        quick=quick,
+        soak=args.soak,
+        soak_duration_s=args.soak_duration,
+        track_status=not args.no_status_tracking,
+        quiet_busy_pct=args.quiet_busy,
+        quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 60.0),
+        command="python -m bench.run"
+        + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:])),
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if opts.soak:
+            data = run_soak(opts)
+            return 0 if data.get("verdict", {}).get("ok", False) else 1
+        run_bench(opts)
+        return 0
+    except KeyboardInterrupt:
+        say("\ninterrupted: all child processes stopped")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        servers.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Backup, cleanup and migrate: through the admin endpoints and the ``python -m service`` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sessions_kit import bounded_gather, create, db_path, end, error_of, snapshot, sql
+from support.servers import ServerThread, auth
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY_MS = 86_400_000
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "BACKUP_"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def rows(path: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sessions = conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall()
+        events = conn.execute("SELECT * FROM session_events ORDER BY id").fetchall()
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        return sessions, events, check
+    finally:
+        conn.close()
+
+
+async def populate(client: httpx.AsyncClient, n: int = 12) -> list[str]:
+    sids = [s["session_id"] for s in await bounded_gather(8, [lambda: create(client) for _ in range(n)])]
+    for sid in sids[: n // 2]:
+        await client.post(
+            f"/sessions/{sid}/events", json={"event_type": "E", "event_data": {"x": 1}}, headers=auth("teacher")
+        )
+        await end(client, sid)
+    return sids
+
+
+async def test_backup_endpoint(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    await populate(client)
+    r = await client.post("/admin/backup", headers=auth("admin"))
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert set(out) == {"path", "bytes", "pages", "seconds"}
+    backup = out["path"]
+    settings = gateway.server.config.app.state.settings
+    assert Path(backup).parent == Path(settings.backup_dir)
+    assert Path(backup).name.startswith("sessions-") and backup.endswith(".db")
+    assert out["bytes"] > 0 and out["pages"] > 0
+    live = await snapshot(db_path(gateway))
+    sessions, events, check = await asyncio.to_thread(rows, backup)
+    assert check == "ok"
+    assert (sessions, events) == live
+    assert len(sessions) == 12 and len(events) == 12 + 6 * 2  # SESSION_STARTED; E and SESSION_ENDED
+    version = await asyncio.to_thread(lambda: sqlite3.connect(backup).execute("PRAGMA user_version").fetchone()[0])
+    assert version == 1
+    # a second backup is a distinct file; the first is untouched
+    r2 = await client.post("/admin/backup", headers=auth("admin"))
+    assert r2.status_code == 201 and r2.json()["path"] != backup
+
+
+async def test_backup_during_writes_is_consistent(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    await populate(client, 6)
+    stop = asyncio.Event()
+
+    async def writer() -> int:
+        n = 0
+        while not stop.is_set():
+            await create(client)
+            n += 1
+        return n
+
+    task = asyncio.create_task(writer())
+    try:
+        backups = []
+        for _ in range(3):
+            r = await client.post("/admin/backup", headers=auth("admin"))
+            assert r.status_code == 201
+            backups.append(r.json()["path"])
+    finally:
+        stop.set()
+        await task
+    for path in backups:
+        sessions, events, check = await asyncio.to_thread(rows, path)
+        assert check == "ok"
+        # a consistent snapshot: every session has its SESSION_STARTED event, no event without its session
+        started = {e[1] for e in events if e[2] == "SESSION_STARTED"}
+        assert started == {s[0] for s in sessions}
+
+
+async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    path = db_path(gateway)
+    active = [s["session_id"] for s in await bounded_gather(8, [lambda: create(client) for _ in range(5)])]
+    ended = []
+    for _ in range(6):
+        sid = (await create(client))["session_id"]
+        await client.post(f"/sessions/{sid}/events", json={"event_type": "E"}, headers=auth("teacher"))
+        ended.append((await end(client, sid))["session_id"])
+    # age three ended sessions and two ACTIVE ones by 10 days
+    now = int(time.time() * 1000)
+    old_ended = ended[:3]
+    for sid in old_ended:
+        await sql(
+            path,
+            "UPDATE sessions SET start_time = ?, end_time = ? WHERE session_id = ?",
+            now - 11 * DAY_MS,
+            now - 10 * DAY_MS,
+            sid,
+        )
+    for sid in active[:2]:
+        await sql(path, "UPDATE sessions SET start_time = ? WHERE session_id = ?", now - 30 * DAY_MS, sid)
+
+    for bad in ({}, {"keep_newest": -1}, {"older_than_days": -1}, {"keep_newest": 1, "x": 1}, {"keep_newest": "all"}):
+        error_of(await client.post("/admin/cleanup", json=bad, headers=auth("admin")), 422)
+
+    r = await client.post("/admin/cleanup", json={"older_than_days": 5}, headers=auth("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"deleted_sessions": 3, "deleted_events": 3 * 3}
+    remaining = {row[0] for row in await sql(path, "SELECT session_id FROM sessions")}
+    assert remaining == set(active) | set(ended[3:])
+    assert await sql(path, "SELECT count(*) FROM session_events WHERE session_id IN (?, ?, ?)", *old_ended) == [(0,)]
+
+    # keep the newest one ended session: the other two ended go, every ACTIVE one stays
+    r = await client.post("/admin/cleanup", json={"keep_newest": 1}, headers=auth("admin"))
+    assert r.json() == {"deleted_sessions": 2, "deleted_events": 2 * 3}
+    remaining = {row[0] for row in await sql(path, "SELECT session_id FROM sessions")}
+    assert remaining == set(active) | {ended[-1]}
+
+    # nothing ended is left to keep: even "keep none" and "older than 0 days" spare ACTIVE sessions
+    r = await client.post("/admin/cleanup", json={"keep_newest": 0, "older_than_days": 0}, headers=auth("admin"))
+    assert r.json() == {"deleted_sessions": 1, "deleted_events": 3}
+    remaining = {row[0] for row in await sql(path, "SELECT session_id FROM sessions")}
+    assert remaining == set(active)
+    r = await client.post("/admin/cleanup", json={"keep_newest": 0}, headers=auth("admin"))
+    assert r.json() == {"deleted_sessions": 0, "deleted_events": 0}
+    assert await sql(path, "SELECT count(*) FROM session_events") == [(5,)]
+
+
+def seed_db(path: Path) -> None:
+    """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old)."""
+    from service.db import schema
+
+    now = int(time.time() * 1000)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        schema.migrate(conn)
+        specs = [
+            ("old1", "COMPLETED", now - 40 * DAY_MS, now - 39 * DAY_MS),
+            ("old2", "FAULTED", now - 20 * DAY_MS, now - 19 * DAY_MS),
+            ("new1", "CANCELLED", now - 2 * DAY_MS, now - 1 * DAY_MS),
+            ("new2", "COMPLETED", now - 3600_000, now - 60_000),
+            ("act1", "ACTIVE", now - 400 * DAY_MS, None),
+            ("act2", "ACTIVE", now - 1000, None),
+        ]
+        for sid, status, start, end_ms in specs:
+            conn.execute(
+                "INSERT INTO sessions (session_id, user_id, start_time, end_time, start_state, end_state, "
+                "current_state, status, metadata, created_at, updated_at) "
+                "VALUES (?, 'u', ?, ?, 0, ?, 0, ?, '{}', ?, ?)",
+                (sid, start, end_ms, None if end_ms is None else 1, status, start, start),
+            )
+            conn.execute(
+                "INSERT INTO session_events (session_id, event_type, timestamp) VALUES (?, 'SESSION_STARTED', ?)",
+                (sid, start),
+            )
+    finally:
+        conn.close()
+
+
+def session_ids(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT session_id FROM sessions")}
+    finally:
+        conn.close()
+
+
+def test_cli_cleanup(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    seed_db(path)
+    env = {"DATABASE_PATH": str(path)}
+    r = cli("cleanup", "--older-than-days", "10", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"deleted_sessions": 2, "deleted_events": 2}
+    assert session_ids(path) == {"new1", "new2", "act1", "act2"}
+    r = cli("cleanup", "--keep-newest", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"deleted_sessions": 1, "deleted_events": 1}
+    assert session_ids(path) == {"new2", "act1", "act2"}
+    r = cli("cleanup", "--keep-newest", "0", "--older-than-days", "0", env=env)
+    assert json.loads(r.stdout)["deleted_sessions"] == 1
+    assert session_ids(path) == {"act1", "act2"}  # ACTIVE sessions are never deleted, however old
+    r = cli("cleanup", env=env)
+    assert r.returncode == 2 and "--keep-newest" in r.stderr
+    r = cli("cleanup", "--keep-newest", "-1", env=env)
+    assert r.returncode == 2 and "keep-newest" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert session_ids(path) == {"act1", "act2"}
+
+
+def test_cli_migrate_fresh_and_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "fresh.db"
+    env = {"DATABASE_PATH": str(path)}
+    r = cli("migrate", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"applied": ["applied schema migration v1"]}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        schema_sql = conn.execute("SELECT group_concat(sql, ';') FROM sqlite_master").fetchone()[0]
+    finally:
+        conn.close()
+    assert {"sessions", "session_events", "idx_sessions_active", "idx_sessions_created_at"} <= names
+    r = cli("migrate", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"applied": ["schema already current"]}
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT group_concat(sql, ';') FROM sqlite_master").fetchone()[0] == schema_sql
+    finally:
+        conn.close()
+    assert not Path(str(path) + "-wal").exists() or Path(str(path) + "-wal").stat().st_size == 0
+
+
+def test_cli_help() -> None:
+    r = cli("--help")
+    assert r.returncode == 0
+    for command in ("serve", "migrate", "backup", "cleanup"):
+        assert command in r.stdout
+    for command in ("backup", "cleanup", "migrate", "serve"):
+        r = cli(command, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    r = cli("cleanup", "--help")
+    assert "--keep-newest" in r.stdout and "--older-than-days" in r.stdout
+    r = cli()
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_cli_backup_of_a_live_database(make_gateway: Any, tmp_path: Path) -> None:
+    gw = make_gateway()
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        sids = []
+        for i in range(8):
+            r = c.post("/sessions", json={"name": f"s{i}"}, headers=auth("teacher"))
+            assert r.status_code == 201
+            sids.append(r.json()["session_id"])
+        c.post(f"/sessions/{sids[0]}/end", json={"end_state": 3}, headers=auth("teacher"))
+        dest = tmp_path / "cli-backups"
+        r = cli("backup", "--dest", str(dest), env={"DATABASE_PATH": db_path(gw)})
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert Path(out["path"]).parent == dest and Path(out["path"]).exists()
+        sessions, events, check = rows(out["path"])
+        assert check == "ok"
+        assert (sessions, events) == rows(db_path(gw))[:2]
+        assert len(sessions) == 8 and len(events) == 8 + 2
+        # the gateway is still serving, and writes after the backup are not in it
+        assert c.post("/sessions", json={"name": "after"}, headers=auth("teacher")).status_code == 201
+    assert len(rows(out["path"])[0]) == 8
+    # without --dest the backup goes to BACKUP_DIR
+    r = cli("backup", env={"DATABASE_PATH": db_path(gw), "BACKUP_DIR": str(tmp_path / "env-dir")})
+    assert r.returncode == 0, r.stderr
+    assert Path(json.loads(r.stdout)["path"]).parent == tmp_path / "env-dir"
+
+
+@pytest.mark.parametrize("stop_with_inflight", [False, True])
+def test_graceful_close_checkpoints_wal(make_gateway: Any, stop_with_inflight: bool) -> None:
+    gw = make_gateway()
+    path = db_path(gw)
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        for i in range(20):
+            assert c.post("/sessions", json={"name": f"s{i}"}, headers=auth("teacher")).status_code == 201
+        if stop_with_inflight:
+            c.post("/admin/backup", headers=auth("admin"))
+    wal = Path(path + "-wal")
+    assert wal.exists() and wal.stat().st_size > 0  # writes went to the WAL while serving
+    gw.stop()
+    assert not wal.exists() or wal.stat().st_size == 0
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 20
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_cli_refuses_a_missing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "sessions.db"
+    for args in (("backup", "--dest", str(tmp_path / "bk")), ("cleanup", "--keep-newest", "1")):
+        r = cli(*args, env={"DATABASE_PATH": str(missing)})
+        assert r.returncode == 2 and "no database" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not missing.exists() and not missing.parent.exists()
+    assert not (tmp_path / "bk").exists()

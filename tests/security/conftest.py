@@ -1,0 +1,20 @@
+"""Fixtures of the security suite. All traffic goes to servers on 127.0.0.1 (``devstack`` is the downstream)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from security_kit import Gateway, security_settings
+from support.servers import ServerThread
+
+from service.app import create_app
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One gateway for a whole module (the fuzz and matrix tests make hundreds of requests against it)."""
+    settings = security_settings(tmp_path_factory.mktemp("security-gw"), devstack.url)
+    server = ServerThread(create_app(settings)).start()
+    yield Gateway(server, settings)
+    server.stop()
