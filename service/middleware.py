@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id, load shedding, body-size bound, access log."""
+"""Pure ASGI middleware: request id, load shedding, body-size bound, body-read timeout, access log."""
 
 from __future__ import annotations
 
@@ -10,15 +10,23 @@ import re
 import time
 from collections.abc import Callable
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import request_id_var
-from service.errors import PayloadTooLarge
+from service.errors import ApiError, PayloadTooLarge
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 EXEMPT_FROM_SHEDDING = ("/health", "/metrics")
+# Longest wait for the next piece of a request body (uvicorn has no such timeout: a client that sends the headers
+# and part of the body would hold its request, and an in-flight slot, until it disconnects).
+BODY_READ_TIMEOUT_S = 30.0
+
+
+class BodyReadTimeout(ApiError):
+    status, code = 408, "request_timeout"
 
 
 def _json_error(status: int, code: str, message: str) -> bytes:
@@ -36,11 +44,13 @@ class RequestContext:
         max_in_flight: int,
         body_limit: Callable[[str], int],
         metrics: Metrics | None = None,
+        body_timeout_s: float | None = BODY_READ_TIMEOUT_S,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.body_limit = body_limit
         self.metrics = metrics
+        self.body_timeout_s = body_timeout_s
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,7 +103,11 @@ class RequestContext:
             if self.metrics is not None:
                 self.metrics.in_flight.inc()
             try:
-                await self.app(scope, _bounded(receive, limit), send_wrapper)
+                await self.app(scope, _bounded(receive, limit, self.body_timeout_s), send_wrapper)
+            except ClientDisconnect:
+                # the client left while its body was being read: nobody to answer (nginx's 499), not a server error
+                if not response_started[0]:
+                    status_holder[0] = 499
             except asyncio.CancelledError:
                 # uvicorn cancels requests still running when SHUTDOWN_TIMEOUT_S expires and would answer them
                 # 500 (plus a traceback). Answer 503 instead (mid-response, uvicorn just closes the connection)
@@ -150,16 +164,30 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
-def _bounded(receive: Receive, limit: int) -> Receive:
+def _bounded(receive: Receive, limit: int, timeout_s: float | None) -> Receive:
+    """``receive`` that refuses a body over ``limit`` bytes (413) and a body stalled for ``timeout_s`` (408)."""
     seen = 0
+    body_done = False
 
     async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
+        nonlocal seen, body_done
+        if body_done or timeout_s is None:
+            message = await receive()  # e.g. waiting for http.disconnect after the body: no deadline
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyReadTimeout(
+                    f"request body not received within {timeout_s:g}s", headers={"Connection": "close"}
+                ) from None
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
                 raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            body_done = not message.get("more_body", False)
+        else:
+            body_done = True
         return message
 
     return wrapped

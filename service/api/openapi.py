@@ -29,6 +29,7 @@ REASONS = {
     401: "Missing or invalid token",
     403: "Forbidden for this role",
     404: "Not found (or not yours to see)",
+    408: "Request body not received in time",
     409: "Conflict with the session's state",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -110,7 +111,7 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
     if ep.auth:
         statuses |= {401, 503}
     if ep.body is not None:
-        statuses |= {400, 413, 415, 422}
+        statuses |= {400, 408, 413, 415, 422}
     if ep.query is not None:
         statuses |= {400, 422}
     for status in sorted(statuses):

@@ -83,6 +83,8 @@ async def process_and_store(call: Call[Any, Any]) -> dict[str, Any]:
             uploads = [v for k, v in form.multi_items() if isinstance(v, UploadFile)]
             if any(k != "files" for k, v in form.multi_items() if isinstance(v, UploadFile)):
                 raise ValidationFailed("file parts must be named 'files'")
+            if any("\x00" in str(v) for v in fields.values()):
+                raise ValidationFailed("NUL characters are not accepted in form fields")
             try:
                 parsed = ProcessForm.model_validate(fields)
             except ValidationError as exc:

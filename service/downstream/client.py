@@ -56,17 +56,18 @@ class Reply:
 
 
 def _classify(exc: BaseException) -> type[DownstreamError]:
-    """Which caller-facing failure a transport exception is (looks through httpx-aiohttp's re-mapping)."""
+    """Which caller-facing failure a transport exception is (looks through httpx-aiohttp's re-mapping).
+
+    A connect timeout (no connection made, or none free in the pool within the pool timeout: aiohttp reports
+    both as ``ConnectionTimeoutError``) means unreachable or overloaded, never sent: 503, like ``PoolTimeout``."""
     cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError):
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return DownstreamUnavailable
     if isinstance(cause, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return DownstreamTimeout
     if isinstance(cause, aiohttp.ClientError):
         return DownstreamBadAnswer
-    if isinstance(exc, httpx.ConnectError):
-        return DownstreamUnavailable
-    if isinstance(exc, httpx.PoolTimeout):
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return DownstreamUnavailable
     if isinstance(exc, httpx.TimeoutException):
         return DownstreamTimeout

@@ -296,7 +296,8 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
             events.append(insert_event(conn, session_id, body.event_type, ts, body.event_data))
         if body.state is not None:
             data: dict[str, Any] = {"from": state, "to": body.state}
-            if body.event_type == "STATE_CHANGED" and body.event_data:
+            # the client's data rides on STATE_CHANGED unless it went with an event of its own type
+            if body.event_type in (None, "STATE_CHANGED") and body.event_data:
                 data = {**body.event_data, **data}
             events.append(insert_event(conn, session_id, "STATE_CHANGED", ts, data))
             conn.execute(

@@ -357,6 +357,38 @@ async def test_concurrency_bound_turns_overload_into_fast_503(bounded: Faulty, c
     await no_leak(bounded.downstream)
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+def tiny_pool(
+    request: pytest.FixtureRequest, make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread,
+    reset_devstack: None,
+) -> Faulty:
+    """One pooled connection, and a concurrency bound above it: overload surfaces as a pool wait."""
+    overrides = {"http_max_connections": 1, "http_max_keepalive": 1, "http_pool_timeout_s": 0.2,
+                 "downstream_max_concurrency": 50, "http_transport": request.param}
+    downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
+    return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
+
+
+async def test_exhausted_connection_pool_is_503(tiny_pool: Faulty, control: httpx.AsyncClient) -> None:
+    async with httpx.AsyncClient(base_url=tiny_pool.server.url, timeout=30) as client:
+        sid = await new_session_with_docs(client)
+        await set_fault(control, latency_ms=2000, fault_paths=["/query"])
+
+        async def one() -> httpx.Response:
+            return await client.post("/rag/query", json={"session_id": sid, "query": "x"}, headers=auth("teacher"))
+
+        results = await asyncio.gather(*(one() for _ in range(4)))
+        statuses = [r.status_code for r in results]
+        assert set(statuses) <= {200, 503}, [r.text for r in results]
+        assert statuses.count(200) >= 1 and statuses.count(503) >= 1
+        for r in results:
+            if r.status_code == 503:
+                assert r.json()["error"]["details"]["service"] == "rag"
+        counters, types = await snapshot(client, sid)
+        assert counters["query_count"] == statuses.count(200) == types.count("RAG_QUERY")
+    await no_leak(tiny_pool.downstream)
+
+
 @pytest.mark.parametrize("faulty", ["aiohttp", "httpx"], indirect=True)
 async def test_random_faults_keep_counters_exact(
     faulty: Faulty, client: httpx.AsyncClient, control: httpx.AsyncClient

@@ -84,6 +84,15 @@ async def test_state_changes_events_and_end(client: httpx.AsyncClient) -> None:
         ("STATE_CHANGED", {"why": "x", "from": 5, "to": 2})
     ]
 
+    # a state change alone keeps the data sent with it; the service's from/to win over the client's
+    r = await client.post(url, json={"state": 3, "event_data": {"reason": "quiz", "to": 99}}, headers=auth("teacher"))
+    assert r.status_code == 201, r.text
+    assert [(e["event_type"], e["event_data"]) for e in r.json()["events"]] == [
+        ("STATE_CHANGED", {"reason": "quiz", "from": 2, "to": 3})
+    ]
+    r = await client.post(url, json={"state": 2}, headers=auth("teacher"))
+    assert r.json()["events"][0]["event_data"] == {"from": 3, "to": 2}
+
     r = await client.post(url, json={"event_type": "NOTE"}, headers=auth("teacher"))
     assert r.status_code == 201
     assert r.json()["current_state"] == 2
@@ -116,6 +125,8 @@ async def test_state_changes_events_and_end(client: httpx.AsyncClient) -> None:
         "SESSION_STARTED",
         "STATE_CHANGED",
         "ANSWER_GIVEN",
+        "STATE_CHANGED",
+        "STATE_CHANGED",
         "STATE_CHANGED",
         "STATE_CHANGED",
         "NOTE",

@@ -2,7 +2,7 @@
 
 Writers run sessions through create -> events (with and without ``state``) -> RAG queries -> end, and keep a
 ledger of what each acknowledged (2xx) write must have left in the database. The kill lands at a random moment
-(seeded: ``RELIABILITY_SEED`` replays a run). After the restart:
+(seeded: ``RELIABILITY_SEED`` replays the random choices; the seed is in every failure message). After the restart:
 
 * every acknowledged write is there: sessions exist, acknowledged events exist by id, acknowledged ends show
   their status, and the whole session equals the ledger's view of it;
@@ -283,11 +283,14 @@ async def load_until_killed(gw: GatewayProcess, ledger: Ledger, rng: random.Rand
 
         tasks = [asyncio.create_task(writer(n)) for n in range(WRITERS)]
         try:
-            # Let the load build up (at least 40 acknowledged writes), then kill at a random moment.
-            floor = ledger.total_acked + 40
-            await eventually(
-                lambda: ledger.total_acked >= floor or bool(ledger.failures), 30, f"[seed {seed}] no write progress"
-            )
+            # Let the load build up (40 more acknowledged writes, ends and RAG queries among them), then kill.
+            floor = (ledger.total_acked + 40, ledger.acked["end"] + 2, ledger.acked["rag"] + 2)
+
+            def built_up() -> bool:
+                progress = (ledger.total_acked, ledger.acked["end"], ledger.acked["rag"])
+                return all(a >= b for a, b in zip(progress, floor, strict=True)) or bool(ledger.failures)
+
+            await eventually(built_up, 30, f"[seed {seed}] no write progress")
             await asyncio.sleep(rng.uniform(0.0, 1.5))
             await gw.kill()
             # Writers end on their own: every request to the dead server fails at once.
@@ -368,3 +371,21 @@ def test_the_audit_itself_flags_half_written_sessions(tmp_path: Path) -> None:
     assert all(any("query_count" in p for p in problems) for problems in found.values()), found
     tracked = Tracked("state-mismatch", View("ACTIVE", 0, None, (("SESSION_STARTED", 1),), 0))
     assert file_view(snap["sessions"]["state-mismatch"], snap["events"]["state-mismatch"]) != tracked.view
+
+
+@pytest.mark.parametrize(("setting", "level"), [("NORMAL", 1), ("FULL", 2)])
+async def test_db_synchronous_setting_reaches_every_connection(tmp_path: Path, setting: str, level: int) -> None:
+    """DB_SYNCHRONOUS is applied to the writer (the connection whose commits it governs) and to the readers."""
+    from service.db import Database
+
+    db = Database(str(tmp_path / "sync.db"), synchronous=setting, read_connections=2)
+    await db.open()
+    try:
+        writer = await db.run_on_writer(
+            lambda c: (c.execute("PRAGMA synchronous").fetchone()[0], c.execute("PRAGMA journal_mode").fetchone()[0])
+        )
+        readers = {(await db.read("PRAGMA synchronous"))[0][0] for _ in range(4)}
+    finally:
+        await db.close()
+    assert writer == (level, "wal")
+    assert readers == {level}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_kit import GatewayProcess, integrity, on_db, wal_bytes
+from reliability_kit import GatewayProcess, eventually, integrity, on_db, wal_bytes
 from support.servers import ServerThread
 
 from devstack.app import create_app as create_devstack
@@ -71,12 +71,18 @@ async def test_sigterm_under_load_drains_in_flight_requests_and_exits_zero(
             assert r.status_code == 201, r.text
             sid = r.json()["session_id"]
             sigterm_at: list[float] = []
+            active: dict[int, tuple[str, float]] = {}
+
+            def slow_queries_under_way() -> bool:
+                now = time.monotonic()
+                return sum(1 for kind, t in active.values() if kind == "rag" and now - t > 0.3) >= 5
 
             async def worker(n: int) -> None:
                 rng = random.Random(n)
                 while gw.running:
                     kind = "rag" if n < 10 else rng.choice(("read", "write"))
                     started = time.monotonic()
+                    active[n] = (kind, started)
                     try:
                         if kind == "rag":
                             r = await client.post("/rag/query", json={"session_id": sid, "query": "q"}, headers=TEACHER)
@@ -89,13 +95,16 @@ async def test_sigterm_under_load_drains_in_flight_requests_and_exits_zero(
                         result: int | str = r.status_code
                     except httpx.TransportError as exc:
                         result = type(exc).__name__
+                    finally:
+                        active.pop(n, None)
                     outcomes.append(Outcome(kind, started, time.monotonic(), result))
                     if sigterm_at and isinstance(result, str):
                         await asyncio.sleep(0.05)  # refused while draining: do not spin
 
             tasks = [asyncio.create_task(worker(n)) for n in range(20)]
             try:
-                await asyncio.sleep(RAG_LATENCY_S * 1.6)  # mid-flight: slow queries are being served
+                # SIGTERM mid-flight: at least 5 slow queries have been in the server for 0.3 s or more.
+                await eventually(slow_queries_under_way, 20, "the slow queries never got under way")
                 sigterm_at.append(time.monotonic())
                 gw.signal(signal.SIGTERM)
                 code = await gw.wait_exit(SHUTDOWN_TIMEOUT_S + 10)

@@ -27,8 +27,8 @@ RSS_BOUND_MIB = 300
 
 @pytest.fixture
 def slow_devstack() -> Iterator[ServerThread]:
-    """Our own reference downstream whose /query takes 500 ms (the shared one stays untouched)."""
-    server = ServerThread(create_devstack(DevstackSettings(latency_ms=500, fault_paths=("/query",)))).start()
+    """Our own reference downstream whose /query takes 1 s (the shared one stays untouched)."""
+    server = ServerThread(create_devstack(DevstackSettings(latency_ms=1000, fault_paths=("/query",)))).start()
     yield server
     server.stop()
 

@@ -7,8 +7,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service.context import request_id_var
 from service.downstream import Downstream
@@ -263,6 +265,51 @@ async def test_pool_timeout_is_503(make: Callable[..., Downstream]) -> None:
         await make(script, http_retries=0).call("rag", "POST", "/query", json_body={})
 
 
+async def test_connect_timeout_is_503_and_retried_even_for_post(make: Callable[..., Downstream]) -> None:
+    script = Script(httpx.ConnectTimeout("no answer to SYN"), httpx.PoolTimeout("pool full"), 200)
+    assert (await make(script).call("rag", "POST", "/query", json_body={})).status == 200
+    assert script.attempts == 3
+    script = Script(httpx.ConnectTimeout("no answer to SYN"))
+    with pytest.raises(DownstreamUnavailable):
+        await make(script).call("rag", "POST", "/query", json_body={})
+    assert script.attempts == 3
+
+
+def aiohttp_failure(exc: Exception) -> Exception:
+    """The httpx exception httpx-aiohttp raises for an aiohttp one (its own mapping, ``__cause__`` kept)."""
+    try:
+        with map_aiohttp_exceptions():
+            raise exc
+    except httpx.HTTPError as mapped:
+        return mapped
+    raise AssertionError("not mapped")
+
+
+class _Key:
+    host, port, ssl = "127.0.0.1", 9, False
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected", "attempts"),
+    [
+        # connection refused / no free pooled connection in time: never sent, retried, 503
+        (aiohttp.ClientConnectorError(_Key(), ConnectionRefusedError(111, "refused")), DownstreamUnavailable, 3),
+        (aiohttp.ConnectionTimeoutError("pool wait"), DownstreamUnavailable, 3),
+        # the request went out: not retried for a POST
+        (aiohttp.SocketTimeoutError("read"), DownstreamTimeout, 1),
+        (aiohttp.ServerDisconnectedError(), DownstreamBadAnswer, 1),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), DownstreamBadAnswer, 1),
+    ],
+)
+async def test_aiohttp_failures_are_classified_through_the_mapping(
+    make: Callable[..., Downstream], failure: Exception, expected: type[Exception], attempts: int
+) -> None:
+    script = Script(aiohttp_failure(failure))
+    with pytest.raises(expected):
+        await make(script).call("rag", "POST", "/query", json_body={})
+    assert script.attempts == attempts
+
+
 async def test_backoff_grows_with_jitter(monkeypatch: pytest.MonkeyPatch, make: Callable[..., Downstream]) -> None:
     delays: list[float] = []
     real_sleep = asyncio.sleep
@@ -307,19 +354,21 @@ async def test_deadline_covers_the_retries(make: Callable[..., Downstream]) -> N
 
 async def test_concurrency_bound_turns_overload_into_fast_503(make: Callable[..., Downstream]) -> None:
     release = asyncio.Event()
+    both_in = asyncio.Event()
     entered = 0
 
     async def held(request: httpx.Request) -> httpx.Response:
         nonlocal entered
         entered += 1
+        if entered == 2:
+            both_in.set()
         await release.wait()
         return httpx.Response(200, json={"ok": True})
 
     script = Script(held)
     ds = make(script, downstream_max_concurrency=2, http_pool_timeout_s=0.1)
     first = [asyncio.create_task(ds.call("rag", "POST", "/query", json_body={})) for _ in range(2)]
-    while entered < 2:
-        await asyncio.sleep(0.001)
+    await both_in.wait()
     assert ds.in_flight["rag"] == 2
     with pytest.raises(DownstreamUnavailable) as info:
         await ds.call("rag", "POST", "/query", json_body={})
@@ -344,14 +393,17 @@ async def test_slots_are_released_after_failures(make: Callable[..., Downstream]
 
 
 async def test_cancelled_call_releases_its_slot(make: Callable[..., Downstream]) -> None:
+    sent = asyncio.Event()
+
     async def never(request: httpx.Request) -> httpx.Response:
+        sent.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
     ds = make(Script(never), downstream_max_concurrency=1)
     task = asyncio.create_task(ds.call("rag", "POST", "/query", json_body={}))
-    while ds.in_flight["rag"] == 0:
-        await asyncio.sleep(0.001)
+    await sent.wait()
+    assert ds.in_flight["rag"] == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
