@@ -76,6 +76,7 @@ class Options:
     soak: bool
     soak_duration_s: float
     track_status: bool
+    nice: int
     quiet_busy_pct: float
     quiet_wait_s: float
     command: str
@@ -104,6 +105,7 @@ class Bench:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
+        servers.NICE = opts.nice
         self.cores = servers.plan_cores()
         self.work = Path(tempfile.mkdtemp(prefix="bench-"))
         (self.work / "logs").mkdir()
@@ -230,6 +232,7 @@ class Bench:
                 track_status=opts.track_status,
             )
             record["warmup"] = {"rps": warm.rps, "errors": warm.errors_total}
+            record["settle_s"] = self.settle(url, proc.pid, run.target)
             before = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
             pids = {"server": proc.pid, "devstack": self.devstack_pid}
             with servers.Sampler(pids, interval=0.5) as sampler:
@@ -267,12 +270,15 @@ class Bench:
                         "fds_end": series.fds[-1] if series.fds else None,
                         "threads_end": series.threads[-1] if series.threads else None,
                         "cpu_pct": round(sampler.cpu_pct("server"), 1),
+                        "runqueue_wait_pct": round(sampler.wait_pct("server"), 1),
                     },
                     "devstack_cpu_pct": round(sampler.cpu_pct("devstack"), 1),
+                    "devstack_runqueue_wait_pct": round(sampler.wait_pct("devstack"), 1),
                     "cpu_busy_pct": sampler.core_busy,
                     "server_core_other_pct": self._other_load(sampler),
                     "client": {
                         "cpu_pct": result.client_cpu_pct,
+                        "runqueue_wait_pct": result.client_runqueue_wait_pct,
                         "cpu_s": result.client_cpu_s,
                         "wall_s": result.client_wall_s,
                         "command": result.command,
@@ -294,9 +300,34 @@ class Bench:
             f"      => {record['rps']:,.0f} req/s  p50 {record['latency_ms']['p50']:.1f} ms  "
             f"p99 {record['latency_ms']['p99']:.1f} ms  errors {record['errors_total']}{lag_text}  "
             f"peak RSS {record['server']['peak_rss_mb']:.0f} MB  CPU server {record['server']['cpu_pct']:.0f}% "
-            f"wrk {record['client']['cpu_pct']:.0f}%"
+            f"(waited {record['server']['runqueue_wait_pct']:.0f}%) wrk {record['client']['cpu_pct']:.0f}% "
+            f"(waited {record['client']['runqueue_wait_pct']:.0f}%)"
         )
         return record
+
+    @staticmethod
+    def settle(url: str, pid: int, target: str, timeout_s: float = 60.0) -> float:
+        """Wait until the server has finished the warm-up's abandoned requests (wrk closes its connections,
+        but queued work still runs): in-flight gauge back to the scrape itself (gateway) and the process
+        idle for two consecutive half-second windows. Bounded."""
+        started = time.monotonic()
+        first = servers.proc_stat(pid)
+        prev = first.cpu_s if first else 0.0
+        idle = 0
+        while time.monotonic() - started < timeout_s:
+            time.sleep(0.5)
+            st = servers.proc_stat(pid)
+            if st is None:
+                break
+            busy = (st.cpu_s - prev) / 0.5
+            prev = st.cpu_s
+            drained = True
+            if target == GATEWAY:
+                drained = servers.scrape(url + "/metrics").get("http_requests_in_flight", 0.0) <= 1
+            idle = idle + 1 if busy < 0.05 and drained else 0
+            if idle >= 2:
+                break
+        return round(time.monotonic() - started, 1)
 
     def _other_load(self, sampler: servers.Sampler) -> float | None:
         """CPU time on the server's core not used by the server (other processes on a shared machine)."""
@@ -366,6 +397,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "wrk_timeout_s": opts.timeout_s,
             "wrk_threads": 1,
             "loop_lag_interval_s": opts.lag_interval_s,
+            "nice": opts.nice,
             "quick": opts.quick,
             "groups": opts.groups,
         },
@@ -435,6 +467,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="before each run, wait while other processes keep the machine busier than this %% (default 15)",
     )
     parser.add_argument("--quiet-wait", type=float, help="longest wait for quiet, s (default 60; quick 3)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run servers, downstream and wrk at this niceness (e.g. -10 as root on a shared "
+        "machine, so other work cannot starve them); default 0",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep databases and logs (in /tmp)")
     parser.add_argument("--soak", action="store_true", help="run the soak test instead of the benchmark")
     parser.add_argument("--soak-duration", type=float, default=600.0, help="soak seconds (default 600)")
@@ -457,6 +496,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         soak=args.soak,
         soak_duration_s=args.soak_duration,
         track_status=not args.no_status_tracking,
+        nice=args.nice,
         quiet_busy_pct=args.quiet_busy,
         quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 60.0),
         command="python -m bench.run"

@@ -63,9 +63,16 @@ def pin_self(core: int | None) -> None:
             os.sched_setaffinity(0, {core})
 
 
+NICE = 0  # set by the runner (--nice): applied to every benchmark child
+
+
 def pinned(cmd: list[str], core: int | None) -> list[str]:
-    """``taskset`` execs the command, so the child's pid is the command's own pid."""
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
+    """``taskset`` (and ``nice``) exec the command, so the child's pid is the command's own pid."""
+    if core is not None:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    if NICE:
+        cmd = ["nice", "-n", str(NICE), *cmd]
+    return cmd
 
 
 def raise_fd_limit(wanted: int = 65_536) -> int:
@@ -190,6 +197,23 @@ def wait_for_quiet(max_busy_pct: float, max_wait_s: float, say: Callable[[str], 
     return busy
 
 
+def runqueue_wait_s(pid: int) -> float | None:
+    """Time the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat).
+
+    On a shared machine this shows starvation that CPU% cannot: a client starved of CPU is a bottleneck
+    even when its own CPU% is low.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for tid in tasks:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 @dataclass
 class Series:
     t: list[float] = field(default_factory=list)
@@ -214,6 +238,8 @@ class Sampler:
         self._wall = 0.0
         self._cpus0: dict[int, tuple[int, int]] = {}
         self.core_busy: dict[int, float] = {}
+        self.wait_start: dict[str, float] = {}
+        self.wait_end: dict[str, float] = {}
 
     def __enter__(self) -> Sampler:
         self._t0 = time.monotonic()
@@ -221,6 +247,7 @@ class Sampler:
         for name, pid in self.pids.items():
             st = proc_stat(pid)
             self.cpu_start[name] = st.cpu_s if st else 0.0
+            self.wait_start[name] = runqueue_wait_s(pid) or 0.0
         self._sample()
         self._thread.start()
         return self
@@ -234,6 +261,8 @@ class Sampler:
         for name, pid in self.pids.items():
             st = proc_stat(pid)
             self.cpu_end[name] = st.cpu_s if st else self.cpu_start[name]
+            wait = runqueue_wait_s(pid)
+            self.wait_end[name] = wait if wait is not None else self.wait_start[name]
 
     def _sample(self) -> None:
         now = time.monotonic() - self._t0
@@ -255,6 +284,12 @@ class Sampler:
     def latest(self, name: str) -> tuple[float, int]:
         s = self.series[name]
         return (s.rss_mb[-1], s.fds[-1]) if s.t else (0.0, 0)
+
+    def wait_pct(self, name: str) -> float:
+        """Run-queue wait over the window, as % of wall time (summed over threads)."""
+        if self._wall <= 0:
+            return 0.0
+        return 100.0 * (self.wait_end.get(name, 0.0) - self.wait_start.get(name, 0.0)) / self._wall
 
     def cpu_pct(self, name: str) -> float:
         """Busy share of one CPU over the sampled window (100 = one core fully busy)."""

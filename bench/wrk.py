@@ -39,6 +39,7 @@ class WrkResult:
     client_cpu_s: float
     client_wall_s: float
     client_cpu_pct: float
+    client_runqueue_wait_pct: float = 0.0
     command: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,8 +132,13 @@ def run_wrk(
         next_tick = tick_s
         hard_deadline = started + seconds + timeout_s + 30
         rusage = None
+        wait0 = servers.runqueue_wait_s(proc.pid) or 0.0
+        wait1 = wait0
         try:
             while True:
+                wait = servers.runqueue_wait_s(proc.pid)
+                if wait is not None:
+                    wait1 = wait
                 pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
                 if pid == proc.pid:
                     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -164,4 +170,5 @@ def run_wrk(
     cpu_s = rusage.ru_utime + rusage.ru_stime if rusage is not None else 0.0
     result = summarize(parse_output(stdout), connections=connections, cpu_s=cpu_s, wall_s=wall_s)
     result.command = cmd
+    result.client_runqueue_wait_pct = round(100 * (wait1 - wait0) / wall_s, 1) if wall_s > 0 else 0.0
     return result

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from service.auth import Principal
-from service.db import Database
-from service.errors import ApiError, Forbidden, session_not_found
+from service.errors import Forbidden
 
 
 def visible(principal: Principal) -> tuple[str, tuple[str, ...]]:
@@ -24,15 +23,3 @@ def can_modify(principal: Principal, owner_id: str) -> bool:
 def require_creator(principal: Principal) -> None:
     if principal.role == "student":
         raise Forbidden("students cannot create sessions")
-
-
-async def refusal(db: Database, principal: Principal, session_id: str) -> ApiError:
-    """403 when the caller can see the session but not change it, 404 otherwise (no existence oracle)."""
-    clause, params = visible(principal)
-    rows = await db.read(
-        "SELECT 1 FROM sessions WHERE session_id = ?" + clause,  # noqa: S608 - fixed fragments only
-        (session_id, *params),
-    )
-    if rows:
-        return Forbidden("your role may not change this session")
-    return session_not_found(session_id)

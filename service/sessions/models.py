@@ -205,6 +205,9 @@ class SessionOut(BaseModel):
     updated_at: str
     updated_at_ms: int
     events: list[EventOut] | None = None
+    events_truncated: bool | None = Field(
+        default=None, description="with ?include=events: true when more than 1000 events exist (page them via /events)"
+    )
 
 
 class SessionPage(BaseModel):

@@ -30,6 +30,7 @@ SESSION_COLUMNS = (
     "created_at, updated_at"
 )
 EVENT_COLUMNS = "id, session_id, event_type, timestamp, event_data"
+INLINE_EVENTS = 1000  # events inlined by ?include=events
 
 
 def dumps(value: Any) -> str:
@@ -176,8 +177,8 @@ async def get_session(db: Database, principal: Principal, session_id: str, *, wi
         if row is None:
             return None, []
         events = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id LIMIT 1000",  # noqa: S608
-            (session_id,),
+            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id LIMIT ?",  # noqa: S608
+            (session_id, INLINE_EVENTS + 1),
         ).fetchall()
         return row, events
 
@@ -185,7 +186,9 @@ async def get_session(db: Database, principal: Principal, session_id: str, *, wi
     if found is None:
         raise session_not_found(session_id)
     out = session_out(found)
-    out["events"] = [event_out(e) for e in events]
+    out["events"] = [event_out(e) for e in events[:INLINE_EVENTS]]
+    # More than fit inline: the caller pages the rest through GET /sessions/{id}/events.
+    out["events_truncated"] = len(events) > INLINE_EVENTS
     return out
 
 
@@ -247,6 +250,8 @@ async def patch_session(
     sent = patch.model_fields_set
     if not sent:
         raise ValidationFailed("send at least one of name, category, description, metadata")
+    if "metadata" in sent and patch.metadata is None:
+        raise ValidationFailed("metadata cannot be null: send an object (a key set to null removes that key)")
     if "name" in sent and patch.name is None:
         raise ValidationFailed("name cannot be removed", details=[{"loc": ["body", "name"], "msg": "null"}])
     expr = "metadata"

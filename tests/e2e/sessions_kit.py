@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx
+
 from support.servers import ServerThread, auth
 
 T = TypeVar("T")

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 from sessions_kit import error_of
+
 from support.servers import ServerThread
 
 

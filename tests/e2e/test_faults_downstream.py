@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from blockbuster import BlockBuster
-from support.servers import ServerThread, auth
 
 from service.downstream import Downstream
+from support.servers import ServerThread, auth
 from tests.conftest import GatewayFactory, gateway_settings
 
 DOC = """# Photosynthesis

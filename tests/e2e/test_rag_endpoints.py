@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from support.servers import ServerThread, auth
 
 from service.downstream import Downstream
 from service.downstream.client import build_transport
 from service.rag.precedence import QUERY_KEYS
+from support.servers import ServerThread, auth
 from tests.conftest import GatewayFactory, gateway_settings
 
 DOC = """# Photosynthesis

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from blockbuster import BlockBuster
-from support.servers import ServerThread, auth
 
 from service.downstream import Downstream
+from support.servers import ServerThread, auth
 from tests.conftest import GatewayFactory, gateway_settings
 
 QUERIES = 500

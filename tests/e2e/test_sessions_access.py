@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import closed_port_url, create, db_path, end, error_of, snapshot, start_gateway
+
 from support.servers import ServerThread, auth
 
 EVENT = {"event_type": "NOTE"}

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import all_events, bounded_gather, create, db_path, sql, walk_sessions
+
 from support.servers import ServerThread, auth
 
 FLOWS = 200

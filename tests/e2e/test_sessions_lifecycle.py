@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, sql, start_gateway
+
 from support.servers import ServerThread, auth
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

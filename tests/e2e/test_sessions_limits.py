@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import create, db_path, error_of, snapshot, start_gateway
+
 from support.servers import ServerThread, auth
 
 NESTED_17 = {"a": {}}

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import bounded_gather, create, db_path, end, error_of, snapshot, sql
+
 from support.servers import ServerThread, auth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from sessions_kit import bounded_gather, create, error_of, start_gateway, walk_sessions
+
 from support.servers import auth
 
 

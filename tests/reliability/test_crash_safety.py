@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from reliability_kit import TRANSPORT_ERRORS, GatewayProcess, eventually, integrity, on_db, pick_seed
+
 from support.servers import ServerThread
 
 ADMIN = {"Authorization": "Bearer dev-admin-token"}

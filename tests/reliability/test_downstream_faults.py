@@ -20,11 +20,11 @@ import httpx
 import pytest
 from reliability_kit import DevstackProcess, eventually
 from starlette.types import ASGIApp, Receive, Scope, Send
-from support.servers import ServerThread
 
 from service.app import create_app
 from service.downstream import Downstream
 from service.settings import Settings
+from support.servers import ServerThread
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}
 CLIENTS = 20

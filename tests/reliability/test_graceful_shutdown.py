@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability_kit import GatewayProcess, eventually, integrity, on_db, wal_bytes
-from support.servers import ServerThread
 
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
+from support.servers import ServerThread
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}
 ADMIN = {"Authorization": "Bearer dev-admin-token"}

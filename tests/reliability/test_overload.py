@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability_kit import GatewayProcess, eventually, raise_nofile
-from support.servers import ServerThread
 
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
 from service.app import create_app
 from service.settings import Settings
+from support.servers import ServerThread
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}
 BURST = 5000

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 from security_kit import Gateway, security_settings
-from support.servers import ServerThread
 
 from service.app import create_app
+from support.servers import ServerThread
 
 
 @pytest.fixture(scope="module")

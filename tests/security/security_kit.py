@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from support.servers import ServerThread, auth
 
 from service.settings import Settings
+from support.servers import ServerThread, auth
 
 # Text that must never reach a caller: a stack trace, SQL, the database engine's name.
 LEAK_PATTERNS = (

@@ -31,10 +31,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from security_kit import Gateway, assert_no_leak, create_session, end_session, security_settings, upload_document
-from support.servers import ServerThread, auth
 
 from service.api.openapi import build_openapi
 from service.app import all_endpoints, create_app
+from support.servers import ServerThread, auth
 
 MAX_EXAMPLES = 25
 SEED = 20_251_125

@@ -21,10 +21,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 from security_kit import Gateway, Seeded, assert_error, assert_no_leak, create_session, dump_db, security_settings, seed
-from support.servers import ServerThread, auth
 
 from service.app import create_app
 from service.sessions.cursor import encode_cursor
+from support.servers import ServerThread, auth
 
 SECRET = "security-suite-cursor-secret"
 LIMITS = {

@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 from security_kit import assert_no_leak, dump_db, security_settings
-from support.servers import ServerThread, auth
 
 from service.app import create_app
 from service.middleware import BODY_READ_TIMEOUT_S, RequestContext
+from support.servers import ServerThread, auth
 
 TIMEOUT_S = 1.0  # the gateways below wait at most this long for the next piece of a body
 STALL_BODY = b'{"name": "slow'  # the first bytes of a valid body; the rest never comes
