@@ -320,7 +320,17 @@ def spawn(
         if log is not None and not isinstance(out, int):
             out.close()
     CHILDREN.append(proc)
+    prioritize(proc.pid)
     return proc
+
+
+def prioritize(pid: int) -> None:
+    """Apply ``NICE`` to the child's scheduler autogroup too: each child is a session leader, so with
+    ``kernel.sched_autogroup_enabled`` it competes as its own group and a per-process nice alone would not
+    count against other sessions' work."""
+    if NICE:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(f"{NICE}\n")
 
 
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 15.0) -> int | None:

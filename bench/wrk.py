@@ -128,6 +128,7 @@ def run_wrk(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         servers.CHILDREN.append(proc)
+        servers.prioritize(proc.pid)
         started = time.monotonic()
         next_tick = tick_s
         hard_deadline = started + seconds + timeout_s + 30

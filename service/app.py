@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             RequestContext,
             max_in_flight=settings.max_in_flight,
             body_limit=body_limit,
+            body_timeout_s=settings.body_read_timeout_s,
             metrics=metrics if settings.metrics_enabled else None,
         ),
     ]

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import request_id_var
-from service.errors import ApiError, PayloadTooLarge
+from service.errors import PayloadTooLarge, RequestTimeout
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -23,10 +23,6 @@ EXEMPT_FROM_SHEDDING = ("/health", "/metrics")
 # Longest wait for the next piece of a request body (uvicorn has no such timeout: a client that sends the headers
 # and part of the body would hold its request, and an in-flight slot, until it disconnects).
 BODY_READ_TIMEOUT_S = 30.0
-
-
-class BodyReadTimeout(ApiError):
-    status, code = 408, "request_timeout"
 
 
 def _json_error(status: int, code: str, message: str) -> bytes:
@@ -178,7 +174,7 @@ def _bounded(receive: Receive, limit: int, timeout_s: float | None) -> Receive:
                 async with asyncio.timeout(timeout_s):
                     message = await receive()
             except TimeoutError:
-                raise BodyReadTimeout(
+                raise RequestTimeout(
                     f"request body not received within {timeout_s:g}s", headers={"Connection": "close"}
                 ) from None
         if message["type"] == "http.request":

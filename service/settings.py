@@ -53,6 +53,7 @@ class Settings:
     max_event_data_bytes: int = 16_384
     max_page_size: int = 500
     max_in_flight: int = 2000
+    body_read_timeout_s: float = 30.0
     # RAG defaults (used when neither the request nor the session sets them)
     rag_default_top_k: int = 5
     rag_default_use_rerank: bool = False

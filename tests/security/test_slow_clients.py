@@ -8,6 +8,7 @@ answers 408 with ``Connection: close``. Stalled clients are cut off; everyone el
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -162,3 +163,21 @@ def test_stalled_headers_do_not_block_others(slow_gw: ServerThread) -> None:
                 t0 = time.monotonic()
                 assert client.get("/sessions", headers=auth("teacher")).status_code == 200
                 assert time.monotonic() - t0 < 1.0
+
+
+def test_client_leaving_mid_body_is_not_a_server_error(
+    slow_gw: ServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up half-way through its body is logged as 499 (no one to answer), not as an
+    unhandled error with a traceback; the database is untouched and the server carries on."""
+    caplog.set_level(logging.INFO, logger="service")
+    before = dump_db(str(tmp_path / "gateway.db"))
+    with stalled(slow_gw.port, request_head("POST", "/sessions", 200) + STALL_BODY):
+        time.sleep(0.2)  # the request is waiting for the rest of its body when the socket closes
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not any(getattr(r, "status", None) == 499 for r in caplog.records):
+        time.sleep(0.05)
+    assert any(r.name == "service.access" and getattr(r, "status", None) == 499 for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert dump_db(str(tmp_path / "gateway.db")) == before
+    assert httpx.get(slow_gw.url + "/sessions", headers=auth("teacher"), timeout=5).status_code == 200
