@@ -85,34 +85,42 @@ def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             v = gw[name]["x_baseline"]
             out.append(_target(f"{name}: gateway >= 2 x baseline", f"{v:.1f} x", ">= 2 x", v >= 2))
     gw_all = [r for r in runs if r["target"] == GATEWAY and r.get("lag")]
+    for paced, label in ((False, "saturated (closed-loop wrk)"), (True, "at ~50% load (paced wrk)")):
+        subset = [r for r in gw_all if bool(r.get("paced")) == paced]
+        if subset:
+            out += _lag_targets(subset, label)
     if gw_all:
-        p99s = [(r["lag"].get("p99_le_s"), r) for r in gw_all]
-        bad99 = [f"{r['scenario']}[{r['variant']}]" for v, r in p99s if v is None or v > 0.005]
-        worst99 = max((v or 0.0) for v, _ in p99s)
-        out.append(
-            _target(
-                "event-loop lag p99 < 5 ms, every gateway run",
-                f"worst p99 <= {worst99 * 1000:g} ms",
-                "<= 5 ms bucket",
-                not bad99,
-                "over: " + ", ".join(bad99) if bad99 else "",
-            )
-        )
-        maxes = [(r["lag"].get("max_s") or 0.0, r) for r in gw_all]
-        badmax = [f"{r['scenario']}[{r['variant']}] {v * 1000:.0f} ms" for v, r in maxes if v >= 0.05]
-        worst = max(v for v, _ in maxes)
-        out.append(
-            _target(
-                "event-loop lag max < 50 ms, every gateway run",
-                f"worst {worst * 1000:.1f} ms",
-                "< 50 ms",
-                not badmax,
-                "over: " + ", ".join(badmax) if badmax else "",
-            )
-        )
         peak = max(r["server"]["peak_rss_mb"] for r in gw_all)
         out.append(_target("gateway RSS < 200 MB at peak", f"{peak:.0f} MB", "< 200 MB", peak < 200))
     return out
+
+
+def _lag_targets(runs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    def name(r: dict[str, Any]) -> str:
+        return r["scenario"] if r["variant"] == "default" or r.get("paced") else f"{r['scenario']}[{r['variant']}]"
+
+    p99s = [(r["lag"].get("p99_le_s"), r) for r in runs]
+    bad99 = [f"{name(r)} <={v * 1000:g}" if v is not None else name(r) for v, r in p99s if v is None or v > 0.005]
+    worst99 = max((v or 0.0) for v, _ in p99s)
+    maxes = [(r["lag"].get("max_s") or 0.0, r) for r in runs]
+    badmax = [f"{name(r)} {v * 1000:.0f}" for v, r in maxes if v >= 0.05]
+    worst = max(v for v, _ in maxes)
+    return [
+        _target(
+            f"event-loop lag p99 < 5 ms, every gateway run {label}",
+            f"worst p99 <= {worst99 * 1000:g} ms",
+            "<= 5 ms bucket",
+            not bad99,
+            "over, ms: " + ", ".join(bad99) if bad99 else "",
+        ),
+        _target(
+            f"event-loop lag max < 50 ms, every gateway run {label}",
+            f"worst {worst * 1000:.1f} ms",
+            "< 50 ms",
+            not badmax,
+            "over, ms: " + ", ".join(badmax) if badmax else "",
+        ),
+    ]
 
 
 def overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,7 +207,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     )
     rows = []
     for r in runs:
-        if r["group"] == "transport" and r["variant"] != "default":
+        if (r["group"] == "transport" and r["variant"] != "default") or r.get("paced"):
             continue
         lat = r["latency_ms"]
         p99, mx = _lag(r)
@@ -212,6 +220,26 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"{r['client']['cpu_pct']:.0f} | {_pct(r['client'].get('runqueue_wait_pct'))} |"
         )
     return head + "\n".join(rows) + "\n"
+
+
+def lag_table(runs: list[dict[str, Any]]) -> str:
+    paced = [r for r in runs if r.get("paced")]
+    if not paced:
+        return ""
+    rows = [
+        "| scenario | conns | pause per request ms | aimed req/s | req/s | p50 ms | p99 ms | errors "
+        "| loop lag p99 ms | loop lag max ms | server CPU % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in paced:
+        p99, mx = _lag(r)
+        lat = r["latency_ms"]
+        rows.append(
+            f"| {r['scenario']} | {r['connections']} | {r['pace_ms']} | {r['target_rps']:,.0f} | {r['rps']:,.0f} | "
+            f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {r['errors_total']} | {p99} | {mx} | "
+            f"{r['server']['cpu_pct']:.0f} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def transport_table(rows: list[dict[str, Any]]) -> str:
@@ -257,6 +285,14 @@ def bench_markdown(data: dict[str, Any]) -> str:
     ]
     if data.get("transports"):
         parts += ["## Downstream transport (rag scenario, gateway only)\n", transport_table(data["transports"])]
+    lag = lag_table(data["runs"])
+    if lag:
+        parts += [
+            "## Event-loop lag below saturation (gateway, paced wrk at ~50% of its saturated req/s)\n",
+            "A closed-loop load generator keeps the loop saturated, so its lag there is queueing (one loop turn "
+            "runs every ready callback); paced, the lag shows what a single callback holds the loop for.\n",
+            lag,
+        ]
     if data.get("overhead"):
         parts.append("## Overhead of metrics + access log (METRICS_ENABLED=false ACCESS_LOG=false vs defaults)\n")
         parts.append("| scenario | req/s defaults | req/s off | p99 ms defaults | p99 ms off | throughput cost |")
@@ -313,7 +349,8 @@ def soak_markdown(data: dict[str, Any]) -> str:
             f"- event-loop lag: p99 <= {(lag['p99_le_s'] or 0) * 1000:g} ms, max "
             f"{(lag['max_s'] or 0) * 1000:.1f} ms ({lag['samples']} samples)",
             "",
-            "| measure | 10-20% of run (median) | last 10% (median) | growth | slope / min | min | max | no growth |",
+            "| measure | 40-50% of run (median) | last 10% (median) | growth | slope / min (2nd half) | min | max "
+            "| no growth |",
             "|---|--:|--:|--:|--:|--:|--:|---|",
             _growth_row("RSS MB", data["rss_mb"], f"{yn(v['rss_ok'])} (limit {v['rss_growth_limit_mb']} MB)"),
             _growth_row("open fds", data["fds"], f"{yn(v['fds_ok'])} (limit {v['fd_growth_limit']})"),

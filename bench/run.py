@@ -195,8 +195,9 @@ class Bench:
             Path(str(db) + suffix).unlink(missing_ok=True)
 
     # -- one measured run --------------------------------------------------------------------------------
-    def execute(self, index: int, total: int, run: Run) -> dict[str, Any]:
+    def execute(self, index: int, total: int, run: Run, done: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         opts = self.opts
+        pace_ms, target_rps = self.pace(run, done)
         name = f"{index:02d}-{run.scenario.name}-{run.target}-{run.variant}".replace(" ", "_").replace("=", "")
         name = "".join(c for c in name if c.isalnum() or c in "-_.")
         say(f"[{index:2d}/{total}] {run.label}  ({run.scenario.connections} connections)")
@@ -215,7 +216,11 @@ class Bench:
             "connections": run.scenario.connections,
             "downstream_latency_ms": run.scenario.downstream_latency_ms,
             "machine_busy_pct_before": background,
+            "paced": run.paced,
         }
+        if run.paced:
+            record.update({"pace_ms": pace_ms, "target_rps": target_rps})
+            say(f"      paced: each connection waits {pace_ms} ms before each request (~{target_rps:,.0f} req/s)")
         try:
             plan = asyncio.run(self._setup(run, url))
             plan_path = scenarios.write_plan(plan, self.raw / f"{name}.plan.tsv")
@@ -226,10 +231,12 @@ class Bench:
                 url,
                 plan_path,
                 connections=run.scenario.connections,
-                duration_s=opts.warmup_s,
+                # paced: long enough for the connections' cycles to spread out
+                duration_s=max(opts.warmup_s, 3 * (pace_ms + run.scenario.light_load_latency_ms) / 1000),
                 timeout_s=opts.timeout_s,
                 core=self.cores.client,
                 track_status=opts.track_status,
+                pace_ms=pace_ms,
             )
             record["warmup"] = {"rps": warm.rps, "errors": warm.errors_total}
             record["settle_s"] = self.settle(url, proc.pid, run.target)
@@ -251,6 +258,7 @@ class Bench:
                     core=self.cores.client,
                     track_status=opts.track_status,
                     on_tick=tick,
+                    pace_ms=pace_ms,
                 )
             after = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
             series = sampler.series["server"]
@@ -304,6 +312,27 @@ class Bench:
             f"(waited {record['client']['runqueue_wait_pct']:.0f}%)"
         )
         return record
+
+    @staticmethod
+    def pace(run: Run, done: Sequence[dict[str, Any]]) -> tuple[int, float]:
+        """Per-connection delay giving about LAG_LOAD_FRACTION of the saturated run's throughput."""
+        if not run.paced:
+            return 0, 0.0
+        saturated = next(
+            (
+                r
+                for r in done
+                if r["scenario"] == run.scenario.name and r["target"] == run.target and r["variant"] == "default"
+            ),
+            None,
+        )
+        if saturated is None or not saturated.get("rps"):
+            raise RuntimeError(f"{run.label}: no saturated run to pace from")
+        target = scenarios.LAG_LOAD_FRACTION * saturated["rps"]
+        cycle_ms = 1000.0 * run.scenario.connections / target
+        # a connection's cycle is its pause plus the response time at this lower load (~ the downstream's)
+        pace = max(1, round(cycle_ms - run.scenario.light_load_latency_ms))
+        return pace, target
 
     @staticmethod
     def settle(url: str, pid: int, target: str, timeout_s: float = 60.0) -> float:
@@ -380,7 +409,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
         bench.start_devstack()
         bench.seed(sorted({r.target for r in runs}))
         for i, run in enumerate(runs, 1):
-            results.append(bench.execute(i, len(runs), run))
+            results.append(bench.execute(i, len(runs), run, results))
     finally:
         bench.cleanup()
     data = {
@@ -466,13 +495,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         default=15.0,
         help="before each run, wait while other processes keep the machine busier than this %% (default 15)",
     )
-    parser.add_argument("--quiet-wait", type=float, help="longest wait for quiet, s (default 60; quick 3)")
+    parser.add_argument("--quiet-wait", type=float, help="longest wait for quiet, s (default 15; quick 3)")
     parser.add_argument(
         "--nice",
         type=int,
-        default=0,
-        help="run servers, downstream and wrk at this niceness (e.g. -10 as root on a shared "
-        "machine, so other work cannot starve them); default 0",
+        default=-10 if os.geteuid() == 0 else 0,
+        help="niceness of servers, downstream and wrk, applied to their scheduler autogroups too, so other work on "
+        "a shared machine cannot starve them (default: -10 as root, else 0)",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep databases and logs (in /tmp)")
     parser.add_argument("--soak", action="store_true", help="run the soak test instead of the benchmark")
@@ -498,7 +527,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         track_status=not args.no_status_tracking,
         nice=args.nice,
         quiet_busy_pct=args.quiet_busy,
-        quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 60.0),
+        quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 15.0),
         command="python -m bench.run"
         + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:])),
     )

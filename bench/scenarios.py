@@ -22,7 +22,12 @@ GATEWAY = "gateway"
 BASELINE = "baseline"
 
 # Scenario groups selectable with --scenarios (rag expands to the three concurrencies).
-GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead")
+GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag")
+# "lag": the gateway again at about half the throughput it reached saturated (paced wrk), so the event-loop lag
+# shows blocking calls rather than the queueing every closed-loop saturating load causes.
+LAG_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c1000", "mixed")
+LAG_LOAD_FRACTION = 0.5
+PACED = "~50% load"
 RAG_CONNECTIONS = (100, 500, 1000)
 TRANSPORT_CONNECTIONS = (100, 1000)
 RAG_LATENCY_MS = 100
@@ -267,6 +272,8 @@ class Scenario:
     connections: int
     build: PlanBuilder
     downstream_latency_ms: int = 0
+    # typical response time well below saturation (used to pace the "lag" runs)
+    light_load_latency_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,7 @@ class Run:
     variant: str = "default"
     env: tuple[tuple[str, str], ...] = ()
     group: str = ""
+    paced: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -295,10 +303,26 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("write", "write", "POST /sessions + POST /sessions/{id}/events (50/50)", 64, plan_write),
         Scenario("list", "list", "GET /sessions?status=ACTIVE&limit=100, 100k sessions", 64, plan_list),
         *[
-            Scenario(f"rag_c{c}", "rag", f"POST /rag/query, downstream +100 ms, {c} conns", c, plan_rag, RAG_LATENCY_MS)
+            Scenario(
+                f"rag_c{c}",
+                "rag",
+                f"POST /rag/query, downstream +100 ms, {c} conns",
+                c,
+                plan_rag,
+                RAG_LATENCY_MS,
+                RAG_LATENCY_MS + 5,
+            )
             for c in RAG_CONNECTIONS
         ],
-        Scenario("mixed", "mixed", "blend: read 45 / list 10 / event 15 / create 5 / rag 25 %", 200, plan_mixed, 100),
+        Scenario(
+            "mixed",
+            "mixed",
+            "blend: read 45 / list 10 / event 15 / create 5 / rag 25 %",
+            200,
+            plan_mixed,
+            RAG_LATENCY_MS,
+            30,  # a quarter of the requests wait for the downstream
+        ),
     ]
 }
 
@@ -325,9 +349,14 @@ def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
     runs: list[Run] = []
 
     def add(
-        scenario: str, target: str, group: str, variant: str = "default", env: dict[str, str] | None = None
+        scenario: str,
+        target: str,
+        group: str,
+        variant: str = "default",
+        env: dict[str, str] | None = None,
+        paced: bool = False,
     ) -> None:
-        run = Run(SCENARIOS[scenario], target, variant, tuple(sorted((env or {}).items())), group)
+        run = Run(SCENARIOS[scenario], target, variant, tuple(sorted((env or {}).items())), group, paced)
         if all(r.key != run.key for r in runs):
             runs.append(run)
 
@@ -357,4 +386,9 @@ def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
         add("mixed", GATEWAY, "mixed")
         if baseline:
             add("mixed", BASELINE, "mixed")
+    if "lag" in groups:
+        for name in LAG_SCENARIOS:
+            add(name, GATEWAY, "lag")  # the saturated run it is paced from (already there unless deselected)
+        for name in LAG_SCENARIOS:
+            add(name, GATEWAY, "lag", PACED, paced=True)
     return runs

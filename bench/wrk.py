@@ -104,6 +104,7 @@ def run_wrk(
     track_status: bool = True,
     on_tick: Callable[[float], None] | None = None,
     tick_s: float = 5.0,
+    pace_ms: int = 0,
 ) -> WrkResult:
     """One wrk run, bounded in time; ``on_tick(elapsed)`` is called every ``tick_s`` for progress output."""
     seconds = max(1, round(duration_s))
@@ -124,8 +125,11 @@ def run_wrk(
         core,
     )
     with tempfile.TemporaryFile() as out:
+        env = {k: v for k, v in os.environ.items() if k != "WRK_PACE_MS"}
+        if pace_ms > 0:
+            env["WRK_PACE_MS"] = str(pace_ms)
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
         servers.CHILDREN.append(proc)
         servers.prioritize(proc.pid)

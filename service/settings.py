@@ -41,6 +41,7 @@ class Settings:
     http_connect_timeout_s: float = 3.0
     http_read_timeout_s: float = 30.0
     http_pool_timeout_s: float = 2.0
+    http_keepalive_expiry_s: float = 4.0
     http_retries: int = 2
     http_retry_backoff_s: float = 0.05
     downstream_max_concurrency: int = 256

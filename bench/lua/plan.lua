@@ -50,8 +50,20 @@ function init(args)
   assert(count > 0, "empty plan " .. plan)
   -- each thread starts at a different place in the plan
   index = (tonumber(id or 0) * 7919) % count
+  math.randomseed(os.time() + (tonumber(id) or 0))
   if args[2] == "0" then
     response = nil
+  end
+end
+
+-- Paced mode (WRK_PACE_MS set): each connection waits that long before each request, so the server runs
+-- below saturation (the event-loop lag then shows blocking, not queueing). Only defined when asked for:
+-- wrk adds a timer per request whenever delay() exists.
+local pace = tonumber(os.getenv("WRK_PACE_MS") or "")
+if pace and pace > 0 then
+  function delay()
+    -- jittered (0.5x .. 1.5x), so connections that started together drift apart instead of arriving in bursts
+    return math.floor(pace * (0.5 + math.random()))
   end
 end
 

@@ -83,7 +83,7 @@ def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(
         max_connections=settings.http_max_connections,
         max_keepalive_connections=settings.http_max_keepalive,
-        keepalive_expiry=15.0,
+        keepalive_expiry=settings.http_keepalive_expiry_s,
     )
     if settings.http_transport == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits)
@@ -92,7 +92,7 @@ def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=settings.http_max_connections, limit_per_host=0, keepalive_timeout=15.0)
+        connector = aiohttp.TCPConnector(limit=settings.http_max_connections, limit_per_host=0, keepalive_timeout=settings.http_keepalive_expiry_s)
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
     transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, client=session)

@@ -70,7 +70,7 @@ class Rag:
         if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
             raise DownstreamBadAnswer("rag service answer has no 'answer'", details={"service": "rag"})
         raw_sources = answer.get("sources")
-        sources: list[Any] = raw_sources if isinstance(raw_sources, list) else []
+        sources = [s for s in raw_sources if isinstance(s, dict)] if isinstance(raw_sources, list) else []
         await rag_store.record(
             self.db,
             body.session_id,
@@ -81,7 +81,7 @@ class Rag:
         return {
             "session_id": body.session_id,
             "answer": answer["answer"],
-            "sources": [s for s in sources if isinstance(s, dict)],
+            "sources": sources,
             "chain_type": answer.get("chain_type", used["chain_type"]),
             "settings_used": used,
             "latency_ms": latency_ms,

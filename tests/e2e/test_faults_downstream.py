@@ -53,7 +53,10 @@ class Faulty:
 
 @pytest.fixture
 def faulty(
-    request: pytest.FixtureRequest, make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread,
+    request: pytest.FixtureRequest,
+    make_gateway: GatewayFactory,
+    tmp_path: Path,
+    devstack: ServerThread,
     reset_devstack: None,
 ) -> Faulty:
     """A gateway with short timeouts whose Downstream the test can inspect; the transport is ``aiohttp`` (the
@@ -230,8 +233,9 @@ async def test_reprocess_fault(
     before = await snapshot(client, sid)
     await set_fault(control, fault=fault, fault_paths=["/sessions/*/reprocess"])
     started = time.perf_counter()
-    r = await client.post(f"/sessions/{sid}/reprocess", json={"chunk_size": 80, "chunk_overlap": 10},
-                          headers=auth("teacher"))
+    r = await client.post(
+        f"/sessions/{sid}/reprocess", json={"chunk_size": 80, "chunk_overlap": 10}, headers=auth("teacher")
+    )
     assert_error(r, status, started)
     assert (await counts(control)).get(f"/sessions/{sid}/reprocess") == 1
     assert await snapshot(client, sid) == before
@@ -359,12 +363,20 @@ async def test_concurrency_bound_turns_overload_into_fast_503(bounded: Faulty, c
 
 @pytest.fixture(params=["aiohttp", "httpx"])
 def tiny_pool(
-    request: pytest.FixtureRequest, make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread,
+    request: pytest.FixtureRequest,
+    make_gateway: GatewayFactory,
+    tmp_path: Path,
+    devstack: ServerThread,
     reset_devstack: None,
 ) -> Faulty:
     """One pooled connection, and a concurrency bound above it: overload surfaces as a pool wait."""
-    overrides = {"http_max_connections": 1, "http_max_keepalive": 1, "http_pool_timeout_s": 0.2,
-                 "downstream_max_concurrency": 50, "http_transport": request.param}
+    overrides = {
+        "http_max_connections": 1,
+        "http_max_keepalive": 1,
+        "http_pool_timeout_s": 0.2,
+        "downstream_max_concurrency": 50,
+        "http_transport": request.param,
+    }
     downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
     return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
 
@@ -399,8 +411,9 @@ async def test_random_faults_keep_counters_exact(
 
     async def one(n: int) -> int:
         async with gate:
-            r = await client.post("/rag/query", json={"session_id": sid, "query": f"light {n}"},
-                                  headers=auth("student"))
+            r = await client.post(
+                "/rag/query", json={"session_id": sid, "query": f"light {n}"}, headers=auth("student")
+            )
             return r.status_code
 
     statuses = await asyncio.gather(*(one(n) for n in range(40)))

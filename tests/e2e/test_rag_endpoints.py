@@ -128,7 +128,8 @@ async def events(client: httpx.AsyncClient, sid: str, event_type: str | None = N
 
 async def query(client: httpx.AsyncClient, sid: str, role: str = "teacher", prefix: str = "", **body: Any) -> Any:
     return await client.post(
-        prefix + "/rag/query", json={"session_id": sid, "query": "What does chlorophyll absorb?", **body},
+        prefix + "/rag/query",
+        json={"session_id": sid, "query": "What does chlorophyll absorb?", **body},
         headers=auth(role),
     )
 
@@ -141,8 +142,9 @@ async def test_every_endpoint_with_counters_and_events(client: httpx.AsyncClient
     assert (await session(client, sid))["counters"] == COUNTERS_ZERO
 
     # upload: two files, counters and a DOCUMENTS_PROCESSED event with per-file results
-    r = await upload(client, sid, ("bio.md", DOC, "text/markdown"), ("notes.txt", NOTES, "text/plain"),
-                     path=upload_path)
+    r = await upload(
+        client, sid, ("bio.md", DOC, "text/markdown"), ("notes.txt", NOTES, "text/plain"), path=upload_path
+    )
     assert r.status_code == 200, r.text
     up = r.json()
     assert up["succeeded"] == 2 and up["failed"] == 0
@@ -192,8 +194,9 @@ async def test_every_endpoint_with_counters_and_events(client: httpx.AsyncClient
     assert "Chlorophyll" in prompt["prompt"] and prompt["max_tokens"] == 128 * 3
 
     # reprocess: total_chunks replaced, document_count kept
-    r = await client.post(f"{prefix}/sessions/{sid}/reprocess", json={"chunk_size": 60, "chunk_overlap": 10},
-                          headers=auth("teacher"))
+    r = await client.post(
+        f"{prefix}/sessions/{sid}/reprocess", json={"chunk_size": 60, "chunk_overlap": 10}, headers=auth("teacher")
+    )
     assert r.status_code == 200, r.text
     re_ = r.json()
     assert re_["success"] is True and re_["chunks_processed"] > chunks
@@ -319,20 +322,29 @@ async def test_query_settings_precedence(client: httpx.AsyncClient, gw: Gateway)
     assert reached["max_tokens"] == 512 and reached["conversation_history"] == []
     # sent values win (falsy ones too); an explicit null and every field not sent keep the stored value
     reached = await check(
-        {"top_k": 1, "use_rerank": False, "min_score": 0.0, "model": None, "max_tokens": 64,
-         "conversation_history": [{"role": "user", "content": "hi"}]},
+        {
+            "top_k": 1,
+            "use_rerank": False,
+            "min_score": 0.0,
+            "model": None,
+            "max_tokens": 64,
+            "conversation_history": [{"role": "user", "content": "hi"}],
+        },
         {**DEFAULTS, **stored, "top_k": 1, "use_rerank": False, "min_score": 0.0},
     )
     assert reached["max_tokens"] == 64 and reached["conversation_history"] == [{"role": "user", "content": "hi"}]
-    await check({"chain_type": "map_reduce", "max_context_chars": 500},
-                {**DEFAULTS, **stored, "chain_type": "map_reduce", "max_context_chars": 500})
+    await check(
+        {"chain_type": "map_reduce", "max_context_chars": 500},
+        {**DEFAULTS, **stored, "chain_type": "map_reduce", "max_context_chars": 500},
+    )
     # a min_score no chunk reaches: proves the value got to the downstream's retrieval
     r = await query(client, sid, min_score=1.0)
     assert r.json()["sources"] == [] and r.json()["settings_used"]["min_score"] == 1.0
 
     # PATCH: merge, null removes; the next query sees the result
-    r = await client.patch(f"/sessions/{sid}/rag-settings", json={"top_k": 4, "chain_type": None},
-                           headers=auth("teacher"))
+    r = await client.patch(
+        f"/sessions/{sid}/rag-settings", json={"top_k": 4, "chain_type": None}, headers=auth("teacher")
+    )
     assert r.status_code == 200, r.text
     new_stored = {"top_k": 4, "use_rerank": True, "min_score": 0.05, "model": "session-model"}
     assert r.json()["rag_settings"] == new_stored
@@ -503,8 +515,12 @@ async def test_upload_limits(small: httpx.AsyncClient) -> None:
     assert any(d["loc"] == ["session_id"] for d in r.json()["error"]["details"])
     r = await small.post("/api/documents/process-and-store", data={"session_id": sid}, headers=auth("teacher"))
     assert r.status_code in (415, 422)  # no parts at all: not even multipart
-    r = await small.post("/api/documents/process-and-store", data={"session_id": sid},
-                         files=[("other", ("a.md", b"text", "text/markdown"))], headers=auth("teacher"))
+    r = await small.post(
+        "/api/documents/process-and-store",
+        data={"session_id": sid},
+        files=[("other", ("a.md", b"text", "text/markdown"))],
+        headers=auth("teacher"),
+    )
     assert r.status_code == 422
     r = await small.post("/api/documents/process-and-store", json={"session_id": sid}, headers=auth("teacher"))
     assert r.status_code == 415
@@ -590,8 +606,11 @@ async def test_request_id_generated_propagated_and_echoed(
     sid = await new_session(client)
     assert (await upload(client, sid, ("bio.md", DOC, "text/markdown"))).is_success
 
-    r = await client.post("/rag/query", json={"session_id": sid, "query": "light"},
-                          headers={**auth("teacher"), "X-Request-ID": "rid-rag-e2e-1"})
+    r = await client.post(
+        "/rag/query",
+        json={"session_id": sid, "query": "light"},
+        headers={**auth("teacher"), "X-Request-ID": "rid-rag-e2e-1"},
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == "rid-rag-e2e-1"
     assert gw.recorder.sent("/query")[-1].headers["x-request-id"] == "rid-rag-e2e-1"
     async with httpx.AsyncClient(base_url=devstack.url) as control:
@@ -605,14 +624,20 @@ async def test_request_id_generated_propagated_and_echoed(
     assert [x.url.path for x in gw.recorder.seen[-2:]] == [f"/sessions/{sid}/chunks", "/models/generate"]
     assert ids == {generated}
 
-    r = await client.post("/rag/query", json={"session_id": sid, "query": "light"},
-                          headers={**auth("teacher"), "X-Request-ID": "bad id with spaces"})
+    r = await client.post(
+        "/rag/query",
+        json={"session_id": sid, "query": "light"},
+        headers={**auth("teacher"), "X-Request-ID": "bad id with spaces"},
+    )
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
     assert gw.recorder.sent("/query")[-1].headers["x-request-id"] == r.headers["x-request-id"]
 
     # errors carry it too, and the first lookup of a token goes to the auth service with it
-    r = await client.post("/rag/query", json={"session_id": "nope", "query": "x"},
-                          headers={"Authorization": "Bearer dev:student:rid-user", "X-Request-ID": "rid-auth-1"})
+    r = await client.post(
+        "/rag/query",
+        json={"session_id": "nope", "query": "x"},
+        headers={"Authorization": "Bearer dev:student:rid-user", "X-Request-ID": "rid-auth-1"},
+    )
     assert r.status_code == 404 and r.headers["x-request-id"] == "rid-auth-1"
     assert gw.recorder.sent("/users/me")[-1].headers["x-request-id"] == "rid-auth-1"
 
@@ -645,3 +670,29 @@ async def test_services_health(client: httpx.AsyncClient, devstack: ServerThread
     body = r.json()
     assert body["status"] == "degraded"
     assert all(s["status"] == "error" and s["detail"]["status"] == 502 for s in body["services"].values())
+
+
+async def test_malformed_rag_answers(client: httpx.AsyncClient, gw: Gateway) -> None:
+    sid = await new_session(client)
+    answers = iter(
+        [
+            {"answer": "Light.", "sources": [{"chunk_text": "a", "score": 0.5}, "junk", 3, None], "chain_type": "x"},
+            {"answer": "No sources.", "sources": "not a list"},
+            {"sources": []},
+            ["not", "an", "object"],
+        ]
+    )
+
+    def fake_query(request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(200, json=next(answers)) if request.url.path == "/query" else None
+
+    gw.recorder.fail = fake_query
+    r = await query(client, sid)
+    assert r.status_code == 200, r.text
+    assert r.json()["sources"] == [{"chunk_text": "a", "score": 0.5}] and r.json()["chain_type"] == "x"
+    r = await query(client, sid)
+    assert r.status_code == 200 and r.json()["sources"] == [] and r.json()["chain_type"] == "stuff"
+    assert (await query(client, sid)).status_code == 502  # no 'answer'
+    assert (await query(client, sid)).status_code == 502  # not an object
+    assert [e["event_data"]["source_count"] for e in await events(client, sid, "RAG_QUERY")] == [1, 0]
+    assert (await session(client, sid))["counters"]["query_count"] == 2

@@ -7,7 +7,6 @@ assertions.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -50,12 +49,8 @@ async def test_500_concurrent_queries_with_100ms_downstream_latency(
     loaded: tuple[ServerThread, Downstream], devstack: ServerThread, reset_devstack: None
 ) -> None:
     server, downstream = loaded
-    import os
-    if os.environ.get("KA"):
-        server.server.config.timeout_keep_alive = int(os.environ["KA"])
-    limits = httpx.Limits(max_connections=QUERIES, max_keepalive_connections=QUERIES)
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client,
+        httpx.AsyncClient(base_url=server.url, timeout=60) as client,
         httpx.AsyncClient(base_url=devstack.url) as control,
     ):
         sids: list[str] = []
@@ -74,30 +69,33 @@ async def test_500_concurrent_queries_with_100ms_downstream_latency(
         r = await control.post("/_control", json={"latency_ms": 100, "fault_paths": ["/query"], "reset_counts": True})
         assert r.status_code == 200 and r.json()["latency_ms"] == 100
 
+        # A fresh client with a connection per query: each query opens its own connection, none waits in the
+        # client's pool for one another query just released (see the report: such reuse under this load
+        # occasionally loses a request inside the test client, never in the gateway).
         start = asyncio.Event()
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=None)
+        ) as burst:
 
-        async def one(n: int) -> tuple[int | str, str, str]:
-            await start.wait()
-            sid = sids[n % SESSIONS]
-            role = ("teacher", "student", "admin")[n % 3]
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(
-                    "/rag/query",
-                    json={"session_id": sid, "query": f"What does chlorophyll absorb? ({n})", "top_k": 1 + n % 3},
-                    headers={**auth(role), "X-Request-ID": f"load-{n}"},
-                )
-            except httpx.HTTPError as exc:  # reported with the others, not as the first of many
-                return repr(exc), f"load-{n}", f"after {time.perf_counter() - t0:.3f}s, at {t0 - T0:.3f}"
-            return r.status_code, r.headers.get("x-request-id", ""), r.text
+            async def one(n: int) -> tuple[int | str, str, str]:
+                await start.wait()
+                sid = sids[n % SESSIONS]
+                role = ("teacher", "student", "admin")[n % 3]
+                try:
+                    r = await burst.post(
+                        "/rag/query",
+                        json={"session_id": sid, "query": f"What does chlorophyll absorb? ({n})", "top_k": 1 + n % 3},
+                        headers={**auth(role), "X-Request-ID": f"load-{n}"},
+                    )
+                except httpx.HTTPError as exc:  # counted with the others rather than abandoning them
+                    return repr(exc), "", ""
+                return r.status_code, r.headers.get("x-request-id", ""), r.text
 
-        T0 = time.perf_counter()
-        tasks = [asyncio.create_task(one(n)) for n in range(QUERIES)]
-        start.set()
-        results = await asyncio.gather(*tasks)
+            tasks = [asyncio.create_task(one(n)) for n in range(QUERIES)]
+            start.set()
+            results = await asyncio.gather(*tasks)
 
         failures = Counter(status for status, _, _ in results if status != 200)
-        print([(s, t) for s, _, t in results if s != 200][:20])
         assert not failures, (failures, next(text for status, _, text in results if status != 200))
         assert [rid for _, rid, _ in results] == [f"load-{n}" for n in range(QUERIES)]
 

@@ -49,7 +49,7 @@ from service.rag.questions import MAX_LEN, MIN_LEN, build_context, build_prompt,
             id="sure-preamble-heading",
         ),
         pytest.param(
-            "### Questions\n1. **What is photosynthesis?**\n2. `Why is chlorophyll green?`\n3. \"What is ATP for?\"",
+            '### Questions\n1. **What is photosynthesis?**\n2. `Why is chlorophyll green?`\n3. "What is ATP for?"',
             ["What is photosynthesis?", "Why is chlorophyll green?", "What is ATP for?"],
             id="markdown-heading-and-wrappers",
         ),
@@ -154,8 +154,9 @@ _line = st.one_of(
 )
 _answers = st.one_of(
     st.lists(_line, max_size=30).map("\n".join),
-    st.lists(st.one_of(st.text(max_size=60), st.fixed_dictionaries({"question": st.text(max_size=60)})), max_size=30)
-    .map(json.dumps),
+    st.lists(
+        st.one_of(st.text(max_size=60), st.fixed_dictionaries({"question": st.text(max_size=60)})), max_size=30
+    ).map(json.dumps),
     st.text(max_size=400),
 )
 
@@ -219,7 +220,7 @@ def test_build_context_bounds(texts: list[str | None], max_chars: int, max_chunk
     assert (used == 0) == (context == "")
     non_empty = [t.strip() for t in texts if t and t.strip()]
     if non_empty and max_chunks > 0 and max_chars > 0:
-        assert context.startswith(non_empty[0][: max_chars])
+        assert context.startswith(non_empty[0][:max_chars])
 
 
 def test_build_prompt_names_count_and_context() -> None:
