@@ -452,7 +452,7 @@ def transport_chart(data: dict[str, Any], path: Path) -> Path | None:
     if len({t["variant"] for t in rows}) < 2:
         return None
     plt = _pyplot()
-    conns = sorted({t["connections"] for t in rows})
+    conns = sorted(c for c in {t["connections"] for t in rows} if sum(t["connections"] == c for t in rows) > 1)
     variants = list(dict.fromkeys(t["variant"] for t in rows))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     width = 0.8 / max(1, len(variants))

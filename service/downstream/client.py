@@ -92,7 +92,9 @@ def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=settings.http_max_connections, limit_per_host=0, keepalive_timeout=settings.http_keepalive_expiry_s)
+        connector = aiohttp.TCPConnector(
+            limit=settings.http_max_connections, limit_per_host=0, keepalive_timeout=settings.http_keepalive_expiry_s
+        )
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
     transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, client=session)

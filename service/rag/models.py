@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.sessions.models import RagSettings
+from service.sessions.models import ChainType, MaxContextChars, MinScore, ModelName, RagSettings, TopK
 
 
 class Strict(BaseModel):
@@ -21,12 +21,12 @@ class Turn(Strict):
 class RagQueryRequest(Strict):
     session_id: str = Field(min_length=1, max_length=128)
     query: str = Field(min_length=1, max_length=4000)
-    top_k: int | None = Field(default=None, ge=1, le=50)
+    top_k: TopK | None = None
     use_rerank: bool | None = None
-    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
-    model: str | None = Field(default=None, min_length=1, max_length=100)
-    chain_type: str | None = Field(default=None, pattern=r"^[A-Za-z_]{1,32}$")  # as the RAG service accepts
+    min_score: MinScore | None = None
+    max_context_chars: MaxContextChars | None = None
+    model: ModelName | None = None
+    chain_type: ChainType | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     conversation_history: list[Turn] = Field(default_factory=list, max_length=50)
 
@@ -62,7 +62,7 @@ class GenerateQuestionsResponse(BaseModel):
 class ReprocessRequest(Strict):
     chunk_size: int = Field(default=1000, ge=50, le=20_000)
     chunk_overlap: int = Field(default=200, ge=0, le=10_000)
-    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+    embedding_model: ModelName | None = None
 
 
 class ReprocessResponse(BaseModel):
@@ -97,7 +97,7 @@ class ProcessForm(Strict):
     chunk_size: int = Field(default=1000, ge=50, le=20_000)
     chunk_overlap: int = Field(default=200, ge=0, le=10_000)
     chunk_strategy: Literal["fixed", "paragraph", "sentence"] = "fixed"
-    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+    embedding_model: ModelName | None = None
 
 
 class ProcessUpload(ProcessForm):

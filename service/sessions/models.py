@@ -74,16 +74,24 @@ def _check_client_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return _check_json(value, "metadata")
 
 
+# The bounds of each RAG setting, shared by the stored settings and the query that may override them.
+TopK = Annotated[int, Field(ge=1, le=50)]
+MinScore = Annotated[float, Field(ge=0.0, le=1.0)]
+MaxContextChars = Annotated[int, Field(ge=100, le=100_000)]
+ModelName = Annotated[str, Field(min_length=1, max_length=100)]
+ChainType = Annotated[str, Field(pattern=r"^[A-Za-z_]{1,32}$")]  # as the RAG service accepts
+
+
 class RagSettings(Strict):
     """Stored RAG defaults of a session; every field optional."""
 
-    top_k: int | None = Field(default=None, ge=1, le=50)
+    top_k: TopK | None = None
     use_rerank: bool | None = None
-    min_score: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_context_chars: int | None = Field(default=None, ge=100, le=100_000)
-    model: str | None = Field(default=None, min_length=1, max_length=100)
-    chain_type: str | None = Field(default=None, pattern=r"^[A-Za-z_]{1,32}$")  # as the RAG service accepts
-    embedding_model: str | None = Field(default=None, min_length=1, max_length=100)
+    min_score: MinScore | None = None
+    max_context_chars: MaxContextChars | None = None
+    model: ModelName | None = None
+    chain_type: ChainType | None = None
+    embedding_model: ModelName | None = None
 
 
 class SessionCreate(Strict):
