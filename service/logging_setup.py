@@ -11,11 +11,12 @@ import logging
 import logging.handlers
 import queue
 import sys
+import threading
 
 from service.context import request_id_var
 
 _EXTRA = ("method", "path", "status", "duration_ms")
-_listener: logging.handlers.QueueListener | None = None
+_writer: BatchWriter | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,31 +37,68 @@ class JsonFormatter(logging.Formatter):
 
 
 class RequestIdQueueHandler(logging.handlers.QueueHandler):
-    """Captures the request id on the loop thread, where the context variable is set."""
+    """Hands records to the writer thread as they are: the loop pays for the record, not for its formatting.
+
+    (The stock ``prepare`` formats the message on the calling thread and copies the record, which is for queues
+    that cross processes; this queue stays in the process.) The request id is captured here, on the loop
+    thread, where the context variable is set."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
-        prepared: logging.LogRecord = super().prepare(record)
-        return prepared
+        return record
+
+
+class BatchWriter(threading.Thread):
+    """Formats and writes queued records in batches: one write and one flush per batch, not per line."""
+
+    def __init__(self, q: queue.SimpleQueue[logging.LogRecord | None], formatter: logging.Formatter) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.q = q
+        self.formatter = formatter
+
+    def run(self) -> None:
+        while True:
+            first = self.q.get()
+            batch = [first]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            lines = [self._format(r) for r in batch if r is not None]
+            if lines:
+                sys.stderr.write("\n".join(lines) + "\n")
+                sys.stderr.flush()
+            if None in batch:
+                return
+
+    def _format(self, record: logging.LogRecord) -> str:
+        try:
+            return self.formatter.format(record)
+        except Exception:  # a broken record must not stop the writer
+            return f"unformattable log record from {record.name}"
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.join(timeout=5)
 
 
 def configure(level: str, *, as_json: bool, access_log: bool) -> None:
-    global _listener
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(
+    global _writer
+    formatter = (
         JsonFormatter()
         if as_json
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    q: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     root = logging.getLogger()
     root.handlers[:] = [RequestIdQueueHandler(q)]
     root.setLevel(level.upper())
     logging.getLogger("service.access").setLevel(logging.INFO if access_log else logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per downstream call is noise
-    if _listener is not None:
-        _listener.stop()
-    _listener = logging.handlers.QueueListener(q, stream, respect_handler_level=False)
-    _listener.start()
-    atexit.register(_listener.stop)
+    if _writer is not None:
+        _writer.stop()
+    _writer = BatchWriter(q, formatter)
+    _writer.start()
+    atexit.register(_writer.stop)

@@ -12,6 +12,7 @@ from starlette.types import Scope
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # bounded label values
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -44,6 +45,7 @@ class Metrics:
             buckets=DB_BUCKETS,
             registry=r,
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.loop_lag = Gauge("event_loop_lag_seconds", "Latest event-loop lag sample", registry=r)
         self.loop_lag_max = Gauge("event_loop_lag_max_seconds", "Largest event-loop lag seen", registry=r)
         self.loop_lag_hist = Histogram(
@@ -53,10 +55,15 @@ class Metrics:
     # -- hooks for the middleware, the database and the downstream client ----------------------------------
     def request_done(self, scope: Scope, status: int, seconds: float) -> None:
         route: Any = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "")
-        self.requests.labels(method, template, str(status)).inc()
-        self.latency.labels(method, template).observe(seconds)
+        key = (method if method in HTTP_METHODS else "OTHER", getattr(route, "path", None) or "unmatched", status)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and a lookup per call: resolve each label set once
+            method, template, _ = key
+            children = (self.requests.labels(method, template, str(status)), self.latency.labels(method, template))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def db_op(self, kind: str, seconds: float) -> None:
         self.db.labels(kind).observe(seconds)

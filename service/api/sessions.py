@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
+
+from starlette.responses import Response
 
 from service.api.endpoint import Call, Endpoint
 from service.downstream import DownstreamError
@@ -34,17 +37,25 @@ async def create_session(call: Call[SessionCreate, Any]) -> dict[str, Any]:
     )
 
 
-async def list_sessions(call: Call[Any, ListQuery]) -> dict[str, Any]:
+def json_text(body: str, status: int = 200) -> Response:
+    """A response whose JSON was already rendered (by SQLite): no parse and re-encode on the loop."""
+    return Response(body.encode(), status_code=status, media_type="application/json")
+
+
+async def list_sessions(call: Call[Any, ListQuery]) -> Response:
     query = call.query
     if query.limit > call.ctx.settings.max_page_size:
         query = query.model_copy(update={"limit": call.ctx.settings.max_page_size})
-    return await store.list_sessions(call.ctx.db, call.principal, query, secret=call.ctx.settings.cursor_secret)
+    page = await store.list_sessions(call.ctx.db, call.principal, query, secret=call.ctx.settings.cursor_secret)
+    cursor = json.dumps(page["next_cursor"])
+    return json_text(f'{{"sessions":{page["sessions_json"]},"next_cursor":{cursor},"limit":{page["limit"]}}}')
 
 
-async def get_session(call: Call[Any, GetQuery]) -> dict[str, Any]:
-    return await store.get_session(
+async def get_session(call: Call[Any, GetQuery]) -> Response:
+    session = await store.get_session(
         call.ctx.db, call.principal, call.path["session_id"], with_events=call.query.include == "events"
     )
+    return json_text(session)
 
 
 async def patch_session(call: Call[SessionPatch, Any]) -> dict[str, Any]:

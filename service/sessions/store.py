@@ -33,6 +33,38 @@ EVENT_COLUMNS = "id, session_id, event_type, timestamp, event_data"
 INLINE_EVENTS = 1000  # events inlined by ?include=events
 
 
+def _iso_sql(column: str) -> str:
+    """SQL for ``iso(column)``: integer arithmetic, so it matches the Python rendering to the millisecond."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%S', {column} / 1000, 'unixepoch') "
+        f"|| printf('.%03dZ', {column} % 1000) END"
+    )
+
+
+# The same document as ``session_out``, built by SQLite on the reader's thread (no json.loads/dumps per row on
+# the event loop; a 100-row page is one string join). tests/db/test_sql_rendering.py keeps the two identical.
+SESSION_JSON = (
+    "json_object("
+    "'session_id', session_id, 'user_id', user_id, 'status', status, "
+    "'name', json_extract(metadata, '$.name'), 'category', json_extract(metadata, '$.category'), "
+    "'description', json_extract(metadata, '$.description'), "
+    "'start_state', start_state, 'current_state', current_state, 'end_state', end_state, "
+    f"'start_time', {_iso_sql('start_time')}, 'start_time_ms', start_time, "
+    f"'end_time', {_iso_sql('end_time')}, 'end_time_ms', end_time, 'duration_ms', end_time - start_time, "
+    "'metadata', json_remove(metadata, '$.name', '$.category', '$.description', '$.rag_settings', '$.counters'), "
+    "'rag_settings', json(coalesce(json_extract(metadata, '$.rag_settings'), '{}')), "
+    "'counters', json_object("
+    + ", ".join(f"'{c}', coalesce(json_extract(metadata, '$.counters.{c}'), 0)" for c in COUNTERS)
+    + "), "
+    f"'created_at', {_iso_sql('created_at')}, 'created_at_ms', created_at, "
+    f"'updated_at', {_iso_sql('updated_at')}, 'updated_at_ms', updated_at)"
+)
+EVENT_JSON = (
+    "json_object('id', id, 'session_id', session_id, 'event_type', event_type, "
+    f"'timestamp', {_iso_sql('timestamp')}, 'timestamp_ms', timestamp, 'event_data', json(event_data))"
+)
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -163,36 +195,36 @@ async def create_session(
     return out
 
 
-async def get_session(db: Database, principal: Principal, session_id: str, *, with_events: bool) -> dict[str, Any]:
+async def get_session(db: Database, principal: Principal, session_id: str, *, with_events: bool) -> str:
+    """The session as a JSON document (rendered by SQLite), with its first events when asked."""
     clause, params = access.visible(principal)
-    sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?{clause}"  # noqa: S608 - fixed fragments
+    sql = f"SELECT {SESSION_JSON} FROM sessions WHERE session_id = ?{clause}"  # noqa: S608 - fixed fragments
     if not with_events:
         rows = await db.read(sql, (session_id, *params))
         if not rows:
             raise session_not_found(session_id)
-        return session_out(rows[0])
+        return str(rows[0][0])
 
-    def run(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, list[sqlite3.Row]]:
+    def run(conn: sqlite3.Connection) -> tuple[str | None, list[str]]:
         row = conn.execute(sql, (session_id, *params)).fetchone()
         if row is None:
             return None, []
         events = conn.execute(
-            f"SELECT {EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id LIMIT ?",  # noqa: S608
+            f"SELECT {EVENT_JSON} FROM session_events WHERE session_id = ? ORDER BY id LIMIT ?",  # noqa: S608
             (session_id, INLINE_EVENTS + 1),
         ).fetchall()
-        return row, events
+        return row[0], [e[0] for e in events]
 
     found, events = await db.read_fn(run)
     if found is None:
         raise session_not_found(session_id)
-    out = session_out(found)
-    out["events"] = [event_out(e) for e in events[:INLINE_EVENTS]]
     # More than fit inline: the caller pages the rest through GET /sessions/{id}/events.
-    out["events_truncated"] = len(events) > INLINE_EVENTS
-    return out
+    truncated = "true" if len(events) > INLINE_EVENTS else "false"
+    return f'{found[:-1]},"events":[{",".join(events[:INLINE_EVENTS])}],"events_truncated":{truncated}}}'
 
 
 async def list_sessions(db: Database, principal: Principal, query: ListQuery, *, secret: str) -> dict[str, Any]:
+    """A page: ``sessions_json`` is the JSON array of session documents (rendered by SQLite)."""
     clause, params = access.visible(principal)
     where = ["1 = 1" + clause]
     args: list[Any] = list(params)
@@ -233,15 +265,15 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
     by_owner = principal.role == "teacher" or query.user_id is not None
     source = "sessions INDEXED BY idx_sessions_active" if active_only and not by_owner else "sessions"
     sql = (
-        f"SELECT {SESSION_COLUMNS} FROM {source} WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments
-        "ORDER BY start_time DESC, session_id ASC LIMIT ?"
+        f"SELECT {SESSION_JSON}, start_time, session_id FROM {source} "  # noqa: S608 - fixed fragments
+        f"WHERE {' AND '.join(where)} ORDER BY start_time DESC, session_id ASC LIMIT ?"
     )
     args.append(query.limit + 1)
     rows = await db.read(sql, args)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    next_cursor = encode_cursor([rows[-1]["start_time"], rows[-1]["session_id"]], secret) if more and rows else None
-    return {"sessions": [session_out(r) for r in rows], "next_cursor": next_cursor, "limit": query.limit}
+    next_cursor = encode_cursor([rows[-1][1], rows[-1][2]], secret) if more and rows else None
+    return {"sessions_json": f"[{','.join(r[0] for r in rows)}]", "next_cursor": next_cursor, "limit": query.limit}
 
 
 async def patch_session(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -91,7 +92,7 @@ async def test_end_is_atomic(db: Database) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
         await store.end_session(db, TEACHER, sid, SessionEnd(end_state=5))
     # neither the status change nor the STATE_CHANGED event written before the failure survived
-    got = await store.get_session(db, TEACHER, sid, with_events=True)
+    got = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
     assert (got["status"], got["current_state"], got["end_time"]) == ("ACTIVE", 1, None)
     assert [e["event_type"] for e in got["events"]] == ["SESSION_STARTED"]
 
@@ -109,7 +110,7 @@ async def test_a_failed_write_does_not_disturb_concurrent_ones(db: Database) -> 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert len(errors) == 2
     assert any(isinstance(e, NotFound) for e in errors)
-    events = await store.get_session(db, TEACHER, sid, with_events=True)
+    events = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
     assert [e["event_type"] for e in events["events"]].count("OK") == 20
     assert "METADATA_UPDATED" not in [e["event_type"] for e in events["events"]]
     assert "blob" not in events["metadata"]
@@ -133,7 +134,7 @@ async def test_concurrent_writes_through_one_database(db: Database) -> None:
     )
     assert count(db.path, "sessions") == 200
     assert count(db.path, "session_events") == 200 * 3 + 100
-    got = await store.get_session(db, TEACHER, target, with_events=False)
+    got = json.loads(await store.get_session(db, TEACHER, target, with_events=False))
     assert got["metadata"] == {f"k{i}": i for i in range(100)}
     # racing ends: exactly one wins
     results = await asyncio.gather(
@@ -208,7 +209,7 @@ async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     await second.open()
     try:
         assert second.migrations_applied == []
-        got = await store.get_session(second, ADMIN, s["session_id"], with_events=True)
+        got = json.loads(await store.get_session(second, ADMIN, s["session_id"], with_events=True))
         assert got["name"] == "kept" and len(got["events"]) == 1
     finally:
         await second.close()

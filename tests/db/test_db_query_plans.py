@@ -6,6 +6,7 @@ The statements are captured from the service's own code paths (store and mainten
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -205,7 +206,8 @@ async def test_stats_counts_by_status_use_status_index(db: RecordingDatabase) ->
 
 
 async def test_events_of_a_session_use_session_index(db: RecordingDatabase) -> None:
-    sid = (await store.list_sessions(db, ADMIN, ListQuery(limit=1), secret=SECRET))["sessions"][0]["session_id"]
+    page = await store.list_sessions(db, ADMIN, ListQuery(limit=1), secret=SECRET)
+    sid = json.loads(page["sessions_json"])[0]["session_id"]
     steps = await assert_uses(
         db,
         lambda: store.list_events(db, ADMIN, sid, EventsQuery(), secret=SECRET),

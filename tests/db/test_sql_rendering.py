@@ -1,0 +1,94 @@
+"""The JSON that SQLite renders for reads is the same document that Python renders for writes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.auth import Principal
+from service.db import Database
+from service.sessions import store
+from service.sessions.models import EventCreate, ListQuery, SessionCreate, SessionEnd, SessionPatch
+from service.timeutil import iso
+
+ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
+TEACHER = Principal(id="u-teacher", role="teacher", username="t", profile={})
+SECRET = "s" * 32
+
+
+@pytest.fixture
+async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = Database(str(tmp_path / "render.db"))
+    await database.open()
+    yield database
+    await database.close()
+
+
+async def _python_rendering(db: Database, session_id: str) -> dict[str, object]:
+    def run(conn: sqlite3.Connection) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+        row = conn.execute(f"SELECT {store.SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))  # noqa: S608
+        events = conn.execute(
+            f"SELECT {store.EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id",  # noqa: S608
+            (session_id,),
+        )
+        return row.fetchone(), events.fetchall()
+
+    row, events = await db.read_fn(run)
+    out = store.session_out(row)
+    out["events"] = [store.event_out(e) for e in events]
+    out["events_truncated"] = False
+    return out
+
+
+async def test_sql_and_python_renderings_agree(db: Database) -> None:
+    limit = 1 << 20
+    plain = await store.create_session(db, TEACHER, SessionCreate(name="plain"), max_metadata_bytes=limit)
+    rich = await store.create_session(
+        db,
+        TEACHER,
+        SessionCreate(
+            name='Ünïcødé ✓ "quoted" \\ back',
+            category="bio",
+            description="line\nbreak\ttab",
+            start_state=3,
+            metadata={"nested": {"a": [1, 2.5, None, True, {"b": "c"}]}, "empty": {}, "big": 2**53, "f": 0.1},
+            rag_settings={"top_k": 7, "use_rerank": True, "min_score": 0.25},
+        ),
+        max_metadata_bytes=limit,
+    )
+    sid = rich["session_id"]
+    await store.append_event(db, TEACHER, sid, EventCreate(state=5, event_data={"why": "x" * 30}))
+    await store.append_event(db, TEACHER, sid, EventCreate(event_type="CUSTOM_THING", event_data=None))
+    await store.patch_session(
+        db, TEACHER, sid, SessionPatch(description=None, metadata={"empty": None, "k": "v"}), max_metadata_bytes=limit
+    )
+    await store.end_session(db, TEACHER, sid, SessionEnd(status="FAULTED", end_state=8))
+
+    for session_id in (plain["session_id"], sid):
+        from_sql = json.loads(await store.get_session(db, ADMIN, session_id, with_events=True))
+        assert from_sql == await _python_rendering(db, session_id)
+        without = json.loads(await store.get_session(db, ADMIN, session_id, with_events=False))
+        assert without == {k: v for k, v in from_sql.items() if k not in ("events", "events_truncated")}
+
+    page = await store.list_sessions(db, ADMIN, ListQuery(limit=10), secret=SECRET)
+    listed = json.loads(page["sessions_json"])
+    assert {s["session_id"] for s in listed} == {plain["session_id"], sid}
+    for doc in listed:
+        expected = await _python_rendering(db, doc["session_id"])
+        assert doc == {k: v for k, v in expected.items() if k not in ("events", "events_truncated")}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))  # up to 9999-12-31T23:59:59.999Z
+def test_sql_iso_matches_python_iso(ms: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    try:
+        (value,) = conn.execute(f"SELECT {store._iso_sql('?1')}", (ms,)).fetchone()
+    finally:
+        conn.close()
+    assert value == iso(ms)
