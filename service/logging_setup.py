@@ -12,6 +12,7 @@ import logging.handlers
 import queue
 import sys
 import threading
+import time
 
 from service.context import request_id_var
 
@@ -19,10 +20,42 @@ _EXTRA = ("method", "path", "status", "duration_ms")
 _writer: BatchWriter | None = None
 
 
+class _Stamp:
+    """UTC timestamps, formatted once per second (strftime per line costs more than the rest of the line)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((created - second) * 1000):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _Stamp()
+
+    def format(self, record: logging.LogRecord) -> str:
+        rid = getattr(record, "request_id", "-")
+        line = f"{self._stamp(record.created)} {record.levelname} {record.name} [{rid}] {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _Stamp()
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": self._stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -86,11 +119,13 @@ class BatchWriter(threading.Thread):
 
 def configure(level: str, *, as_json: bool, access_log: bool) -> None:
     global _writer
-    formatter = (
-        JsonFormatter()
-        if as_json
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
+    formatter: logging.Formatter = JsonFormatter() if as_json else TextFormatter()
+    # A LogRecord otherwise walks the stack for the caller's file and line and looks up thread and process
+    # names: none of it is printed, and the access log makes one record per request.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     q: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
     root = logging.getLogger()
     root.handlers[:] = [RequestIdQueueHandler(q)]
