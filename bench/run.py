@@ -113,18 +113,38 @@ class Bench:
         self.raw = opts.out / "raw" / stamp
         self.devstack_url = ""
         self.devstack_pid = 0
+        self.devstack_proc: Any = None
         self.pristine: dict[str, Path] = {}
         self.seeds: dict[str, Any] = {}
+        self.code = self.work / "code"
+        self.code_info = servers.snapshot_code(self.code)
 
     # -- fixtures ----------------------------------------------------------------------------------------
     def start_devstack(self) -> None:
         port = servers.free_port()
         log = self.work / "logs" / "devstack.log"
         env = clean_env(DEVSTACK_HOST=servers.LOCALHOST, DEVSTACK_PORT=str(port), DEVSTACK_SEED="1")
-        proc = servers.spawn([sys.executable, "-m", "devstack"], env=env, log=log, core=self.cores.downstream)
+        proc = servers.spawn(
+            [sys.executable, "-m", "devstack"], env=env, log=log, core=self.cores.downstream, cwd=self.code
+        )
         self.devstack_url = f"http://{servers.LOCALHOST}:{port}"
         servers.wait_http(self.devstack_url + "/health", proc, log=log)
         self.devstack_pid = proc.pid
+        self.devstack_proc = proc
+
+    def watchdog(self, server: Any, log: Path) -> Any:
+        """A ``watch`` for run_wrk: abort the measurement as soon as the server or the downstream is gone
+        (crashed, or killed by something else on a shared machine) instead of measuring connection errors."""
+
+        def check() -> None:
+            for name, proc in (("server under test", server), ("reference downstream", self.devstack_proc)):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the {name} (pid {proc.pid}) exited with {proc.returncode} during the measurement; "
+                        f"server log tail:\n{servers.tail(log, 15)}"
+                    )
+
+        return check
 
     def devstack_control(self, latency_ms: int, *, clear: bool = False) -> None:
         post_json(self.devstack_url + "/_control/reset", {"clear_data": clear})
@@ -135,7 +155,7 @@ class Bench:
         if GATEWAY in targets:
             path = self.work / "gateway-seed.db"
             say(f"  seeding the gateway database: {n:,} sessions ...")
-            self.seeds[GATEWAY] = seed.seed_gateway(path, n)
+            self.seeds[GATEWAY] = seed.seed_gateway(path, n, code=self.code)
             self.pristine[GATEWAY] = path
             say(f"    done in {self.seeds[GATEWAY]['seconds']} s ({self.seeds[GATEWAY]['bytes'] / 2**20:.0f} MB)")
         if BASELINE in targets:
@@ -180,7 +200,7 @@ class Bench:
                 "--access-log",
             ]
             ready = url + "/health"
-        proc = servers.spawn(cmd, env=env, log=log, core=self.cores.server)
+        proc = servers.spawn(cmd, env=env, log=log, core=self.cores.server, cwd=self.code)
         servers.wait_http(ready, proc, timeout=60, log=log)
         return proc, url
 
@@ -259,6 +279,7 @@ class Bench:
                     track_status=opts.track_status,
                     on_tick=tick,
                     pace_ms=pace_ms,
+                    watch=self.watchdog(proc, log),
                 )
             after = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
             series = sampler.series["server"]
@@ -417,6 +438,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": opts.command,
         "machine": servers.machine_info(),
+        "code": bench.code_info,
         "pinning": dataclasses.asdict(bench.cores) | {"description": bench.cores.describe()},
         "config": {
             "duration_s": opts.duration_s,

@@ -36,12 +36,12 @@ SESSION_SQL = (
 EVENT_SQL = "INSERT INTO session_events (session_id, event_type, timestamp, event_data) VALUES (?, ?, ?, ?)"
 
 
-def migrate(db_path: Path) -> None:
+def migrate(db_path: Path, code: Path = REPO_ROOT) -> None:
     """Create the current schema the way the service does it (CLI), so the seed never drifts from it."""
     env = {**os.environ, "DATABASE_PATH": str(db_path)}
     subprocess.run(
         [sys.executable, "-m", "service", "migrate"],
-        cwd=REPO_ROOT,
+        cwd=code,
         env=env,
         check=True,
         capture_output=True,
@@ -107,12 +107,13 @@ def seed_gateway(
     span_days: float = 90.0,
     users: int = 50,
     seed: int = 1234,
+    code: Path = REPO_ROOT,
 ) -> dict[str, Any]:
     """Create ``db_path`` (must not exist) with the service's schema and ``n`` sessions; return a summary."""
     if db_path.exists():
         raise FileExistsError(db_path)
     started = time.perf_counter()
-    migrate(db_path)
+    migrate(db_path, code)
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000)
     with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:

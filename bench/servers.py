@@ -7,6 +7,7 @@ Every child runs in its own process group (``start_new_session``) and is registe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -141,6 +142,8 @@ def proc_stat(pid: int) -> ProcStat | None:
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM", "Threads"):
             values[key] = int(rest.split()[0])
+    if "VmRSS" not in values:  # a zombie: exited, not yet reaped
+        return None
     # Fields after the command name (which may contain spaces): utime and stime are fields 14 and 15.
     after = stat.rsplit(")", 1)[1].split()
     cpu_s = (int(after[11]) + int(after[12])) / CLK_TCK
@@ -301,15 +304,53 @@ class Sampler:
 # ------------------------------------------------------------------------------------------- processes
 
 
+CODE_PARTS = ("service", "devstack", "bench")
+
+
+def snapshot_code(dest: Path) -> dict[str, object]:
+    """Copy the code under test to ``dest`` and return what it is (commit, local changes, content hash).
+
+    Other people may edit the repository while a long run goes on; children started from the snapshot (their
+    working directory, so ``python -m service`` imports it first) all run the same code, and the report
+    names it exactly.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "results")
+    for part in CODE_PARTS:
+        shutil.copytree(REPO_ROOT / part, dest / part, ignore=ignore)
+    digest = hashlib.sha256()
+    for path in sorted((dest / "service").rglob("*.py")):
+        digest.update(str(path.relative_to(dest)).encode())
+        digest.update(path.read_bytes())
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "local_changes": [line for line in git("status", "--porcelain", "--", "service").splitlines() if line],
+        "service_sha256": digest.hexdigest()[:16],
+    }
+
+
 def spawn(
-    cmd: list[str], *, env: Mapping[str, str] | None = None, log: Path | None = None, core: int | None = None
+    cmd: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    core: int | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, output to ``log`` (or discarded), registered for cleanup."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
             pinned(cmd, core),
-            cwd=REPO_ROOT,
+            cwd=cwd or REPO_ROOT,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=out,

@@ -98,6 +98,7 @@ def soak(bench: Bench, opts: Options) -> dict[str, Any]:
                 core=bench.cores.client,
                 track_status=opts.track_status,
                 on_tick=tick,
+                watch=bench.watchdog(proc, log),
                 tick_s=30.0 if duration >= 120 else 5.0,
             )
         after = servers.scrape(url + "/metrics")
@@ -129,6 +130,7 @@ def soak(bench: Bench, opts: Options) -> dict[str, Any]:
         "kind": "soak",
         "command": opts.command,
         "machine": servers.machine_info(),
+        "code": bench.code_info,
         "pinning": bench.cores.describe(),
         "scenario": run.scenario.title,
         "connections": run.scenario.connections,

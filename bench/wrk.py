@@ -105,8 +105,10 @@ def run_wrk(
     on_tick: Callable[[float], None] | None = None,
     tick_s: float = 5.0,
     pace_ms: int = 0,
+    watch: Callable[[], None] | None = None,
 ) -> WrkResult:
-    """One wrk run, bounded in time; ``on_tick(elapsed)`` is called every ``tick_s`` for progress output."""
+    """One wrk run, bounded in time; ``on_tick(elapsed)`` is called every ``tick_s`` for progress output and
+    ``watch()`` every second (it raises to abort the run, e.g. when the server under test has died)."""
     seconds = max(1, round(duration_s))
     cmd = servers.pinned(
         [
@@ -135,6 +137,7 @@ def run_wrk(
         servers.prioritize(proc.pid)
         started = time.monotonic()
         next_tick = tick_s
+        next_watch = 1.0
         hard_deadline = started + seconds + timeout_s + 30
         rusage = None
         wait0 = servers.runqueue_wait_s(proc.pid) or 0.0
@@ -150,6 +153,9 @@ def run_wrk(
                     rusage = ru
                     break
                 elapsed = time.monotonic() - started
+                if watch is not None and elapsed >= next_watch:
+                    watch()
+                    next_watch += 1.0
                 if on_tick is not None and elapsed >= next_tick:
                     on_tick(elapsed)
                     next_tick += tick_s

