@@ -11,8 +11,7 @@ import pytest
 
 from devstack.app import create_app as create_devstack
 from service.app import create_app
-from service.settings import Settings
-from support.servers import ServerThread
+from support.servers import ServerThread, gateway_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,18 +27,6 @@ async def reset_devstack(devstack: ServerThread) -> AsyncIterator[None]:
         await c.post("/_control/reset")
         yield
         await c.post("/_control/reset")
-
-
-def gateway_settings(tmp_path: Path, downstream_url: str, **overrides: Any) -> Settings:
-    return Settings(
-        database_path=str(tmp_path / "gateway.db"),
-        auth_service_url=downstream_url,
-        rag_service_url=downstream_url,
-        question_service_url=downstream_url,
-        backup_dir=str(tmp_path / "backups"),
-        http_read_timeout_s=5.0,
-        log_level="warning",
-    ).replace(**overrides)
 
 
 GatewayFactory = Callable[..., ServerThread]

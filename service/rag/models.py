@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.sessions.models import ChainType, MaxContextChars, MinScore, ModelName, RagSettings, TopK
+from service.sessions.models import ModelName, QueryKnobs, RagSettings
 
 
 class Strict(BaseModel):
@@ -18,15 +18,9 @@ class Turn(Strict):
     content: str = Field(max_length=20_000)
 
 
-class RagQueryRequest(Strict):
+class RagQueryRequest(QueryKnobs):
     session_id: str = Field(min_length=1, max_length=128)
     query: str = Field(min_length=1, max_length=4000)
-    top_k: TopK | None = None
-    use_rerank: bool | None = None
-    min_score: MinScore | None = None
-    max_context_chars: MaxContextChars | None = None
-    model: ModelName | None = None
-    chain_type: ChainType | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     conversation_history: list[Turn] = Field(default_factory=list, max_length=50)
 

@@ -82,8 +82,8 @@ ModelName = Annotated[str, Field(min_length=1, max_length=100)]
 ChainType = Annotated[str, Field(pattern=r"^[A-Za-z_]{1,32}$")]  # as the RAG service accepts
 
 
-class RagSettings(Strict):
-    """Stored RAG defaults of a session; every field optional."""
+class QueryKnobs(Strict):
+    """The RAG settings a query may override; each optional (absent = not set here)."""
 
     top_k: TopK | None = None
     use_rerank: bool | None = None
@@ -91,6 +91,11 @@ class RagSettings(Strict):
     max_context_chars: MaxContextChars | None = None
     model: ModelName | None = None
     chain_type: ChainType | None = None
+
+
+class RagSettings(QueryKnobs):
+    """Stored RAG defaults of a session; every field optional."""
+
     embedding_model: ModelName | None = None
 
 

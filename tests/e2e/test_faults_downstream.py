@@ -16,8 +16,8 @@ import pytest
 from blockbuster import BlockBuster
 
 from service.downstream import Downstream
-from support.servers import ServerThread, auth
-from tests.conftest import GatewayFactory, gateway_settings
+from support.servers import ServerThread, auth, gateway_settings
+from tests.conftest import GatewayFactory
 
 DOC = """# Photosynthesis
 

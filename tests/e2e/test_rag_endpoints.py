@@ -20,8 +20,8 @@ import pytest
 from service.downstream import Downstream
 from service.downstream.client import build_transport
 from service.rag.precedence import QUERY_KEYS
-from support.servers import ServerThread, auth
-from tests.conftest import GatewayFactory, gateway_settings
+from support.servers import ServerThread, auth, gateway_settings
+from tests.conftest import GatewayFactory
 
 DOC = """# Photosynthesis
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from service.settings import Settings
-from support.servers import ServerThread, auth
+from support.servers import ServerThread, auth, gateway_settings
 
 # Text that must never reach a caller: a stack trace, SQL, the database engine's name.
 LEAK_PATTERNS = (
@@ -29,16 +29,8 @@ ERROR_STATUSES = frozenset({400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 42
 
 
 def security_settings(tmp: Path, downstream_url: str, **overrides: Any) -> Settings:
-    """Same shape as ``tests/conftest.py::gateway_settings`` (database at ``tmp / "gateway.db"``)."""
-    return Settings(
-        database_path=str(tmp / "gateway.db"),
-        auth_service_url=downstream_url,
-        rag_service_url=downstream_url,
-        question_service_url=downstream_url,
-        backup_dir=str(tmp / "backups"),
-        http_read_timeout_s=5.0,
-        log_level="warning",
-    ).replace(**overrides)
+    """The shared test gateway settings (database at ``tmp / "gateway.db"``)."""
+    return gateway_settings(tmp, downstream_url, **overrides)
 
 
 @dataclass

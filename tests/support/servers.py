@@ -5,9 +5,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from service.settings import Settings
 
 DEV_TOKENS = {
     "admin": "dev-admin-token",
@@ -15,6 +18,19 @@ DEV_TOKENS = {
     "teacher2": "dev-teacher2-token",
     "student": "dev-student-token",
 }
+
+
+def gateway_settings(tmp_path: Path, downstream_url: str, **overrides: Any) -> Settings:
+    """Settings of a test gateway: its database at ``tmp_path / "gateway.db"``, every downstream at one URL."""
+    return Settings(
+        database_path=str(tmp_path / "gateway.db"),
+        auth_service_url=downstream_url,
+        rag_service_url=downstream_url,
+        question_service_url=downstream_url,
+        backup_dir=str(tmp_path / "backups"),
+        http_read_timeout_s=5.0,
+        log_level="warning",
+    ).replace(**overrides)
 
 
 def auth(role: str) -> dict[str, str]:
