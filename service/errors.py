@@ -55,10 +55,6 @@ class ValidationFailed(ApiError):
     status, code = 422, "validation_error"
 
 
-class TooManyRequests(ApiError):
-    status, code = 429, "too_many_requests"
-
-
 class BadGateway(ApiError):
     status, code = 502, "bad_gateway"
 
