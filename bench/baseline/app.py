@@ -33,6 +33,8 @@ import requests
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from service.db.legacy import LEGACY_SESSIONS_DDL
+
 DEFAULT_DATABASE_PATH = "./data/baseline.db"
 DEFAULT_DOWNSTREAM_URL = "http://127.0.0.1:8100"
 DEFAULT_AUTH_CACHE_TTL_S = 30.0  # same default as the new gateway's AUTH_CACHE_TTL_S
@@ -41,20 +43,7 @@ RAG_TIMEOUT_S = 30
 AUTH_TIMEOUT_S = 10
 
 # The legacy schema, exactly (no extra indexes: only the primary key's implicit one).
-CREATE_SESSIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    start_time TEXT,
-    end_time TEXT,
-    start_state INTEGER,
-    end_state INTEGER,
-    status TEXT,
-    events TEXT,
-    metadata TEXT,
-    created_at TEXT,
-    updated_at TEXT
-)
-"""
+CREATE_SESSIONS_TABLE = LEGACY_SESSIONS_DDL
 
 SELECT_SESSION = "SELECT * FROM sessions WHERE session_id = ?"
 INSERT_SESSION = (

@@ -54,6 +54,22 @@ from datetime import UTC, datetime, timedelta
 
 from service.db import schema
 
+# The schema this migration converts from: the gateway this service replaces created exactly this table.
+LEGACY_SESSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT PRIMARY KEY,
+    start_time  TEXT,
+    end_time    TEXT,
+    start_state INTEGER,
+    end_state   INTEGER,
+    status      TEXT,
+    events      TEXT,
+    metadata    TEXT,
+    created_at  TEXT,
+    updated_at  TEXT
+)
+"""
+
 LEGACY_TABLE = "sessions"
 BACKUP_TABLE = "sessions_legacy_backup"
 REJECTED_TABLE = "legacy_rejected"

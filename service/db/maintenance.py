@@ -31,7 +31,7 @@ async def backup(db: Database, dest_dir: str) -> BackupResult:
     def run(conn: sqlite3.Connection) -> BackupResult:
         started = time.perf_counter()
         target.parent.mkdir(parents=True, exist_ok=True)
-        dest = sqlite3.connect(str(target))
+        dest = sqlite3.connect(str(target))  # on the writer's thread (run_on_writer), never on the loop
         try:
             conn.backup(dest)
             pages = int(dest.execute("PRAGMA page_count").fetchone()[0])

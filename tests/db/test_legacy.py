@@ -28,20 +28,7 @@ COLUMNS = (
     "created_at",
     "updated_at",
 )
-LEGACY_DDL = """
-CREATE TABLE sessions (
-    session_id  TEXT PRIMARY KEY,
-    start_time  TEXT,
-    end_time    TEXT,
-    start_state INTEGER,
-    end_state   INTEGER,
-    status      TEXT,
-    events      TEXT,
-    metadata    TEXT,
-    created_at  TEXT,
-    updated_at  TEXT
-)
-"""
+LEGACY_DDL = legacy.LEGACY_SESSIONS_DDL
 LEGACY_INSERT = "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # The legacy gateway's own indexes: their names collide with the new schema's.
 LEGACY_INDEXES = (
