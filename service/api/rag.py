@@ -89,8 +89,6 @@ async def process_and_store(call: Call[Any, Any]) -> dict[str, Any]:
                 parsed = ProcessForm.model_validate(fields)
             except ValidationError as exc:
                 raise ValidationFailed("invalid form fields", details=validation_details(exc)) from None
-            if parsed.chunk_overlap >= parsed.chunk_size:
-                raise ValidationFailed("chunk_overlap must be smaller than chunk_size")
             if not uploads:
                 raise ValidationFailed("send one or more files in the 'files' field")
             files = [await _read_text(upload, settings.max_upload_bytes) for upload in uploads]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.sessions.models import ModelName, QueryKnobs, RagSettings
 
@@ -53,9 +53,20 @@ class GenerateQuestionsResponse(BaseModel):
     context_chars: int
 
 
-class ReprocessRequest(Strict):
+class Chunking(Strict):
+    """Chunking parameters, shared by uploads and reprocessing; the overlap must leave each chunk some new text."""
+
     chunk_size: int = Field(default=1000, ge=50, le=20_000)
     chunk_overlap: int = Field(default=200, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Self:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
+
+
+class ReprocessRequest(Chunking):
     embedding_model: ModelName | None = None
 
 
@@ -84,12 +95,10 @@ class ProcessResponse(BaseModel):
     total_chunks: int
 
 
-class ProcessForm(Strict):
+class ProcessForm(Chunking):
     """The multipart fields of a document upload (``files`` are the file parts)."""
 
     session_id: str = Field(min_length=1, max_length=128)
-    chunk_size: int = Field(default=1000, ge=50, le=20_000)
-    chunk_overlap: int = Field(default=200, ge=0, le=10_000)
     chunk_strategy: Literal["fixed", "paragraph", "sentence"] = "fixed"
     embedding_model: ModelName | None = None
 

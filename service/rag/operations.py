@@ -12,7 +12,7 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, ValidationFailed
+from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
@@ -233,8 +233,6 @@ class Rag:
         session = await rag_store.session_for_change(self.db, principal, session_id, active=True)
         embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
-        if body.chunk_overlap >= body.chunk_size:
-            raise ValidationFailed("chunk_overlap must be smaller than chunk_size")
         reply = await self.downstream.call(
             "rag",
             "POST",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from service.rag.models import RagQueryRequest
+from service.rag.models import Chunking, ProcessForm, RagQueryRequest, ReprocessRequest
 from service.rag.precedence import QUERY_KEYS, STORED_KEYS, effective, merge_patch, service_defaults
 from service.settings import Settings
 
@@ -131,3 +133,11 @@ def test_merge_patch_property(stored: dict[str, Any], patch: dict[str, Any]) -> 
         else:
             assert out.get(key) == stored.get(key)
     assert None not in out.values()
+
+
+@pytest.mark.parametrize("model", [ReprocessRequest, ProcessForm])
+def test_chunk_overlap_must_be_below_chunk_size(model: type[Chunking]) -> None:
+    extra = {"session_id": "s1"} if model is ProcessForm else {}
+    assert model.model_validate({"chunk_size": 100, "chunk_overlap": 99, **extra}).chunk_overlap == 99
+    with pytest.raises(ValidationError, match="chunk_overlap must be smaller than chunk_size"):
+        model.model_validate({"chunk_size": 100, "chunk_overlap": 100, **extra})
