@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck check bench soak container-test clean
+.PHONY: run test lint typecheck check bench soak container-test clean lock
 
-$(STAMP): pyproject.toml
+# Exact, hash-checked versions from the lock files (requirements/*.txt); the project itself on top, without deps.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -39,6 +41,13 @@ soak: $(STAMP)
 
 container-test: $(STAMP)
 	bash docker/smoke-test.sh
+
+# Re-resolve the lock files from pyproject.toml (newest versions allowed by its ranges); commit the result.
+# `make lock UPGRADE=--upgrade-package=NAME` moves one package; without it, versions already locked are kept.
+LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
+lock: $(STAMP)
+	$(LOCK) $(UPGRADE) -o requirements/runtime.txt
+	$(LOCK) $(UPGRADE) --all-extras -o requirements/dev.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
