@@ -28,8 +28,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check service devstack tests bench
 	$(BIN)/ruff format --check service
 
+# mypy's file list is in pyproject.toml; the conftest.py of each test directory is checked on its own (they all
+# share the module name "conftest").
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	for conftest in tests/*/conftest.py; do $(BIN)/mypy "$$conftest" || exit 1; done
 
 check: lint typecheck test
 

@@ -1,12 +1,24 @@
-"""Settings of the reference downstream (dev/test only, not product code)."""
+"""Settings of the reference downstream (dev/test only, not product code).
+
+Read like the gateway's (pydantic-settings, typed and bounded, one-line errors), from ``DEVSTACK_*`` variables;
+kept apart from ``service.settings`` because the devstack never imports the product.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 FAULT_MODES = frozenset({"none", "error500", "invalid_json", "hang", "disconnect", "slow_body"})
+ENV_PREFIX = "DEVSTACK_"
+
+
+class DevstackSettingsError(ValueError):
+    """A bad setting; the message is one line naming the variable, the value and what is allowed."""
 
 
 def validate_fault(fault: str) -> str:
@@ -27,85 +39,73 @@ def validate_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
     return paths
 
 
-@dataclass(frozen=True, slots=True)
-class DevstackSettings:
-    """Configuration; every field has an env var (see :meth:`from_env`)."""
+def _split_paths(value: object) -> object:
+    # The env form is a comma-separated list; in code it is a tuple already.
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return value
 
-    host: str = "127.0.0.1"
-    port: int = 8100
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
+
+Count = Annotated[int, Field(ge=1, le=1 << 40)]
+Paths = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_paths), AfterValidator(validate_paths)]
+
+
+class DevstackSettings(BaseModel):
+    """Configuration; ``DevstackSettings(...)`` takes explicit values, :meth:`from_env` reads ``DEVSTACK_*``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8100
+    latency_ms: Annotated[float, Field(ge=0, le=3_600_000)] = 0.0
+    error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     seed: int | None = None
-    fault: str = "none"
-    fault_paths: tuple[str, ...] = ()
-    hang_seconds: float = 3600.0
-    slow_body_chunk_bytes: int = 16
-    slow_body_delay_ms: float = 50.0
-    max_body_bytes: int = 24 * 1024 * 1024
-    max_document_chars: int = 5_000_000
-    max_chunks_per_collection: int = 20_000
-    max_total_chunks: int = 1_000_000
-    max_total_document_chars: int = 256_000_000
+    fault: Annotated[str, AfterValidator(validate_fault)] = "none"
+    fault_paths: Paths = ()
+    hang_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
+    slow_body_chunk_bytes: Annotated[int, Field(ge=1, le=1 << 20)] = 16
+    slow_body_delay_ms: Annotated[float, Field(ge=0, le=60_000)] = 50.0
+    max_body_bytes: Count = 24 * 1024 * 1024
+    max_document_chars: Count = 5_000_000
+    max_chunks_per_collection: Count = 20_000
+    max_total_chunks: Count = 1_000_000
+    max_total_document_chars: Count = 256_000_000
 
-    def __post_init__(self) -> None:
-        if self.latency_ms < 0:
-            raise ValueError("latency_ms must be >= 0")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError("error_rate must be within 0..1")
-        validate_fault(self.fault)
-        validate_paths(self.fault_paths)
-        if self.hang_seconds <= 0 or self.slow_body_chunk_bytes < 1 or self.slow_body_delay_ms < 0:
-            raise ValueError("hang_seconds, slow_body_chunk_bytes and slow_body_delay_ms must be positive")
-        limits = (
-            self.max_body_bytes,
-            self.max_document_chars,
-            self.max_chunks_per_collection,
-            self.max_total_chunks,
-            self.max_total_document_chars,
-        )
-        if min(limits) < 1:
-            raise ValueError("size limits must be positive")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise DevstackSettingsError(_one_line(exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DevstackSettings:
-        """Build settings from ``DEVSTACK_*`` variables; a bad value raises ``ValueError`` at start-up."""
-        env = os.environ if env is None else env
+        """Build settings from ``DEVSTACK_*`` variables (blank ones count as unset); a bad value raises
+        ``DevstackSettingsError`` at start-up."""
+        return cls(**_MappingSource(os.environ if env is None else env)())
 
-        def get(name: str) -> str | None:
-            value = env.get(f"DEVSTACK_{name}")
-            return value.strip() if value is not None and value.strip() else None
 
-        def num(name: str, default: float) -> float:
-            raw = get(name)
-            try:
-                return default if raw is None else float(raw)
-            except ValueError:
-                raise ValueError(f"DEVSTACK_{name} must be a number, got {raw!r}") from None
+class _FromEnvironment(BaseSettings, DevstackSettings):
+    """The fields as pydantic-settings sees them; never instantiated (``DevstackSettings`` validates)."""
 
-        def integer(name: str, default: int) -> int:
-            raw = get(name)
-            try:
-                return default if raw is None else int(raw)
-            except ValueError:
-                raise ValueError(f"DEVSTACK_{name} must be an integer, got {raw!r}") from None
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
 
-        seed_raw = get("SEED")
-        paths_raw = get("FAULT_PATHS")
-        d = cls()
-        return cls(
-            host=get("HOST") or d.host,
-            port=integer("PORT", d.port),
-            latency_ms=num("LATENCY_MS", d.latency_ms),
-            error_rate=num("ERROR_RATE", d.error_rate),
-            seed=None if seed_raw is None else integer("SEED", 0),
-            fault=get("FAULT") or d.fault,
-            fault_paths=tuple(p.strip() for p in (paths_raw or "").split(",") if p.strip()),
-            hang_seconds=num("HANG_SECONDS", d.hang_seconds),
-            slow_body_chunk_bytes=integer("SLOW_BODY_CHUNK_BYTES", d.slow_body_chunk_bytes),
-            slow_body_delay_ms=num("SLOW_BODY_DELAY_MS", d.slow_body_delay_ms),
-            max_body_bytes=integer("MAX_BODY_BYTES", d.max_body_bytes),
-            max_document_chars=integer("MAX_DOCUMENT_CHARS", d.max_document_chars),
-            max_chunks_per_collection=integer("MAX_CHUNKS_PER_COLLECTION", d.max_chunks_per_collection),
-            max_total_chunks=integer("MAX_TOTAL_CHUNKS", d.max_total_chunks),
-            max_total_document_chars=integer("MAX_TOTAL_DOCUMENT_CHARS", d.max_total_document_chars),
-        )
+
+class _MappingSource(EnvSettingsSource):
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_FromEnvironment, case_sensitive=False, env_prefix=ENV_PREFIX, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items() if value.strip()}
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        name = f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc'][:1]).upper()}"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{name} is not a setting")
+        else:
+            parts.append(f"{name}={error['input']!r} is invalid: {message[:1].lower()}{message[1:]}")
+    return "; ".join(parts).replace("\n", " ")

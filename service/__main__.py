@@ -1,4 +1,9 @@
-"""Command line: ``python -m service serve | migrate | backup | cleanup``."""
+"""Command line: ``python -m service serve | migrate | backup | cleanup``.
+
+Exit codes: 0 success; 1 a maintenance command failed; 2 a configuration error (nothing was started);
+3 the server could not start (database, HTTP client, address in use); 128 + N stopped by signal N during start-up.
+Every failure ends with one line on stderr naming its cause, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,77 @@ import asyncio
 import dataclasses
 import gc
 import json
+import logging
+import os
 import signal
+import sqlite3
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
+from types import FrameType
 
-from service.settings import Settings, load_settings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import Settings, SettingsError, load_settings
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+EPILOG = (
+    "exit codes: 0 ok; 1 a maintenance command failed; 2 configuration error (bad environment variable); "
+    "3 the server could not start; 128+N stopped by signal N during start-up"
+)
+
+log = logging.getLogger("service")
+
+
+class StartupReport:
+    """Wraps the app for uvicorn to keep the reason a start-up failed.
+
+    Starlette hands uvicorn the whole traceback of a failed lifespan start-up, and uvicorn logs it as an ERROR.
+    What fails there is the operator's to fix (a path, a certificate, a newer schema), so ``serve`` prints one
+    line naming it instead; the traceback is logged at DEBUG."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.started = False
+        self.failure: BaseException | None = None
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine function, so a request costs no extra await (hence ``interface="asgi3"`` below).
+        if scope["type"] == "lifespan":
+            return self._lifespan(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def relay(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                self.started = True
+            elif message["type"] == "lifespan.startup.failed":
+                message = {"type": "lifespan.startup.failed", "message": ""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, relay)
+        except Exception as exc:
+            if not self.started:
+                self.failure = exc
+                log.debug("start-up failure", exc_info=exc)
+            raise
+
+
+def _exit_now(code: int, line: str) -> None:
+    """Log ``line``, write out the log queue and end the process without waiting for other threads.
+
+    Nothing was served yet, so there is nothing to drain: whatever a failed start-up left running (a thread of
+    a half-opened resource) must not keep the process alive, as it did when uvicorn gave up but an aiosqlite
+    thread stayed."""
+    from service import logging_setup
+
+    log.critical("%s", line)
+    logging_setup.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def serve(settings: Settings) -> int:
@@ -21,12 +92,14 @@ def serve(settings: Settings) -> int:
     from service.logging_setup import configure
 
     configure(settings.log_level, as_json=settings.log_json, access_log=settings.access_log)
+    app = StartupReport(create_app(settings))
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
+        interface="asgi3",
         log_config=None,
-        log_level=settings.log_level.lower(),
+        log_level=settings.log_level,
         access_log=False,  # our middleware writes the access log, with the request id
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         loop="uvloop",
@@ -34,25 +107,46 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown; with the default handlers the
-    # process would then die of the signal (exit 143, atexit hooks skipped) after a clean drain. Absorb that
-    # re-raise (a signal landing before uvicorn installs its own handlers just requests the same shutdown).
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.started:
+                # A start-up (a migration, a wait for a lock) is not worth finishing when asked to stop: nothing
+                # has been served yet, and every database change is one transaction.
+                _exit_now(128 + sig, f"start-up interrupted by {signal.Signals(sig).name}")
+            super().handle_exit(sig, frame)  # the graceful drain
+
+    server = Server(config)
+    # uvicorn installs ``handle_exit`` while it runs and re-raises a captured SIGTERM/SIGINT after its graceful
+    # shutdown; with the default handlers the process would then die of the signal (exit 143, atexit hooks
+    # skipped) after a clean drain. The same handler before and after uvicorn's absorbs that re-raise.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: setattr(server, "should_exit", True))
+        signal.signal(sig, server.handle_exit)
     # Everything imported and built so far lives as long as the process: take it out of the cyclic GC, so a full
     # collection scans only request garbage (bench: event-loop lag spikes of 25-55 ms down to 2-13 ms).
     gc.collect()
     gc.freeze()
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's way out of a failed start-up (the lifespan, or the address in use)
+        if server.started:
+            raise
+    if not server.started:
+        if app.failure is not None:
+            cause = " ".join(str(app.failure).split())
+        elif app.started:  # uvicorn logged why it could not listen
+            cause = f"cannot listen on {settings.host}:{settings.port} (see the error above)"
+        else:
+            cause = "see the error logged above"
+        _exit_now(EXIT_STARTUP, f"start-up failed: {cause}")
     # A clean stop after SIGTERM is a success for the container runtime.
-    return 0 if server.started else 1
+    return 0
 
 
 async def _with_db(settings: Settings, action: str, args: argparse.Namespace) -> dict[str, object]:
     from service.db import Database, maintenance
 
-    db = Database(settings.database_path, synchronous=settings.db_synchronous, read_connections=1)
+    db = Database.from_settings(settings.replace(db_read_connections=1))
     await db.open(run_migrations=True)
     try:
         if action == "migrate":
@@ -66,7 +160,7 @@ async def _with_db(settings: Settings, action: str, args: argparse.Namespace) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description="Session & RAG gateway")
+    parser = argparse.ArgumentParser(prog="python -m service", description="Session & RAG gateway", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP server (HOST, PORT, DATABASE_PATH, ... from the environment)")
     sub.add_parser("migrate", help="bring the database schema up to date (converts a legacy database)")
@@ -76,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     cleanup.add_argument("--keep-newest", type=int, help="keep the N most recently ended sessions")
     cleanup.add_argument("--older-than-days", type=float, help="delete sessions ended more than D days ago")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "serve":
         return serve(settings)
     if args.command == "cleanup" and args.keep_newest is None and args.older_than_days is None:
@@ -86,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("backup", "cleanup") and not Path(settings.database_path).is_file():
         # a mistyped DATABASE_PATH must not "succeed" on a fresh empty database
         parser.error(f"no database at DATABASE_PATH={settings.database_path!r} (run 'migrate' to create one)")
-    result = asyncio.run(_with_db(settings, args.command, args))
+    try:
+        result = asyncio.run(_with_db(settings, args.command, args))
+    except (OSError, sqlite3.Error, RuntimeError) as exc:  # a locked or unreadable file, a newer schema
+        print(f"{args.command} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,13 +21,29 @@ from service.api.openapi import build_openapi
 from service.auth import Authenticator
 from service.db import Database
 from service.downstream import Downstream
-from service.errors import ApiError
+from service.errors import ApiError, error_response
 from service.metrics import Metrics, lag_probe
-from service.middleware import RequestContext
+from service.middleware import (
+    AccessLogMiddleware,
+    BodyReadTimeoutMiddleware,
+    BodySizeLimitMiddleware,
+    ClientDisconnectMiddleware,
+    LoadSheddingMiddleware,
+    RequestIdMiddleware,
+    ShutdownMiddleware,
+)
 from service.settings import Settings, load_settings
 from service.state import AppContext
 
 log = logging.getLogger("service")
+
+
+class StartupError(RuntimeError):
+    """The lifespan could not start: one line naming the cause, which ``python -m service serve`` prints."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        super().__init__(f"{what}: {detail}")
 
 
 def all_endpoints() -> list[Endpoint]:
@@ -36,21 +52,19 @@ def all_endpoints() -> list[Endpoint]:
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+    return exc.response()
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     # Logged with its traceback by the server; the caller gets no stack trace and no SQL.
     log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
-    body = {"error": {"code": "internal_error", "message": "internal server error", "details": None}}
-    return JSONResponse(body, status_code=500)
+    return error_response(500, "internal_error", "internal server error")
 
 
 def create_app(settings: Settings | None = None, *, downstream: Downstream | None = None) -> Starlette:
@@ -62,31 +76,30 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        db = Database(
-            settings.database_path,
-            read_connections=settings.db_read_connections,
-            cache_size_kib=settings.db_cache_size_kib,
-            busy_timeout_ms=settings.db_busy_timeout_ms,
-            synchronous=settings.db_synchronous,
-            observer=metrics.db_op if settings.metrics_enabled else None,
-        )
-        await db.open()
-        for line in db.migrations_applied:
-            log.info("migration: %s", line)
-        # Building the client loads CA certificates from disk: do it off the loop.
-        if downstream is not None:
-            client = downstream
-        else:
-            observer = metrics.downstream_call if settings.metrics_enabled else None
-            client = await asyncio.to_thread(Downstream, settings, observer=observer)
-        try:
+        # Whatever is opened is closed again on the way out, also when a later start-up step fails: an open
+        # aiosqlite connection's thread would keep the process alive after uvicorn gave up.
+        async with AsyncExitStack() as opened:
+            db = Database.from_settings(settings, observer=metrics.db_op if settings.metrics_enabled else None)
+            try:
+                await db.open()
+            except Exception as exc:
+                raise StartupError(f"cannot open the database DATABASE_PATH={settings.database_path}", exc) from exc
+            opened.push_async_callback(db.close)
+            for line in db.migrations_applied:
+                log.info("migration: %s", line)
+            if downstream is not None:
+                client = downstream
+            else:
+                observer = metrics.downstream_call if settings.metrics_enabled else None
+                try:  # loads CA certificates from disk: off the loop
+                    client = await asyncio.to_thread(Downstream, settings, observer=observer)
+                except Exception as exc:
+                    raise StartupError("cannot build the downstream HTTP client", exc) from exc
+            opened.push_async_callback(client.aclose)
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
-            async with lag_probe(metrics, settings.loop_lag_interval_s):
-                yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics)}
-        finally:
-            await client.aclose()
-            await db.close()
-            log.info("shutdown complete: http client closed, database checkpointed and closed")
+            await opened.enter_async_context(lag_probe(metrics, settings.loop_lag_interval_s))
+            yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics)}
+        log.info("shutdown complete: http client closed, database checkpointed and closed")
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
@@ -101,14 +114,21 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *routes_for(endpoints),
     ]
+    # Outermost first. The id before anything that logs or answers; the access log around every answer below;
+    # shedding before anything reads a body; the body bounds closest to the app, which reads the body.
     middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(AccessLogMiddleware, metrics=metrics if settings.metrics_enabled else None),
+        Middleware(ShutdownMiddleware),
+        Middleware(ClientDisconnectMiddleware),
         Middleware(
-            RequestContext,
+            LoadSheddingMiddleware,
             max_in_flight=settings.max_in_flight,
-            body_limit=body_limit,
-            body_timeout_s=settings.body_read_timeout_s,
-            metrics=metrics if settings.metrics_enabled else None,
+            exempt=("/health", "/metrics"),
+            gauge=metrics.in_flight if settings.metrics_enabled else None,
         ),
+        Middleware(BodySizeLimitMiddleware, limit_for=body_limit),
+        Middleware(BodyReadTimeoutMiddleware, timeout_s=settings.body_read_timeout_s),
     ]
     app = Starlette(
         routes=routes,

@@ -13,7 +13,7 @@ from service.downstream.client import Downstream, DownstreamError
 from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 
 Role = Literal["admin", "teacher", "student"]
-ROLES: frozenset[str] = frozenset({"admin", "teacher", "student"})
+ROLES: frozenset[Role] = frozenset(("admin", "teacher", "student"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +22,6 @@ class Principal:
     role: Role
     username: str
     profile: dict[str, object]
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 def bearer_token(header: str | None) -> str:
@@ -101,10 +97,7 @@ class Authenticator:
             raise Forbidden("your role has no access to this service", details={"role": role})
         return Principal(
             id=str(body["id"]),
-            role=role,  # type: ignore[arg-type]
+            role=role,
             username=str(body.get("username", "")),
             profile=dict(body),
         )
-
-    def __len__(self) -> int:
-        return len(self._cache)

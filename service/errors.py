@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from starlette.responses import JSONResponse
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The one place the error envelope is shaped: every error answer of the API (exception handlers and
+    middlewares alike) is built here, so a change to it is one edit."""
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(
+    status: int, code: str, message: str, *, details: Any = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The envelope as a response; a response is an ASGI app too, so middlewares answer with it as well."""
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
 class ApiError(Exception):
@@ -15,8 +31,8 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message, details=self.details, headers=self.headers or None)
 
 
 class BadRequest(ApiError):
@@ -70,3 +86,8 @@ class GatewayTimeout(ApiError):
 def session_not_found(session_id: str) -> NotFound:
     # Same answer whether the id does not exist or belongs to someone else: no existence oracle.
     return NotFound("session not found", details={"session_id": session_id})
+
+
+def session_not_active(session_id: str, status: str) -> Conflict:
+    # One wording for every action that needs an ACTIVE session (events, RAG queries, uploads...).
+    return Conflict(f"session is {status}, not ACTIVE", details={"session_id": session_id, "status": status})

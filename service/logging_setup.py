@@ -118,6 +118,10 @@ class BatchWriter(threading.Thread):
 
 
 def configure(level: str, *, as_json: bool, access_log: bool) -> None:
+    """Route every record through the writer thread at ``level``.
+
+    Access lines are INFO records like any other: they follow ``level`` (as uvicorn's own access log does), and
+    ``access_log=False`` silences them at every level."""
     global _writer
     formatter: logging.Formatter = JsonFormatter() if as_json else TextFormatter()
     # A LogRecord otherwise walks the stack for the caller's file and line and looks up thread and process
@@ -130,10 +134,18 @@ def configure(level: str, *, as_json: bool, access_log: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [RequestIdQueueHandler(q)]
     root.setLevel(level.upper())
-    logging.getLogger("service.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    logging.getLogger("service.access").setLevel(logging.NOTSET if access_log else logging.CRITICAL + 1)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per downstream call is noise
     if _writer is not None:
         _writer.stop()
     _writer = BatchWriter(q, formatter)
     _writer.start()
     atexit.register(_writer.stop)
+
+
+def shutdown() -> None:
+    """Write out every queued record and stop the writer (before an exit that skips ``atexit``)."""
+    global _writer
+    if _writer is not None:
+        _writer.stop()
+        _writer = None

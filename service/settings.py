@@ -1,104 +1,286 @@
-"""All configuration, read once from the environment (12-factor).
+"""All configuration: typed, bounded, validated once at start-up (12-factor, environment only).
 
 Nothing else in the package reads ``os.environ``: the app factory takes a ``Settings`` so tests build the
-service from explicit values.
+service from explicit values (``Settings(**values)`` never looks at the environment); ``load_settings`` is the
+one place the environment is read. Every default is written here and only here.
+
+The fields are grouped by concern (``ServerSettings``, ``DatabaseSettings``, ...) so a component can ask for just
+its group (``Database`` takes a ``DatabaseSettings``), while ``Settings`` keeps one flat namespace: the env var
+of a field is its upper-cased name. A bad value raises ``SettingsError`` with one line naming the variable, the
+value given (never a secret's) and what is allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
-from starlette.config import Config
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from service.sessions.domain import PAGE_SIZE_LIMIT
+from service.sessions.models import ChainType, MaxContextChars, MinScore, ModelName, TopK
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    database_path: str = "./data/sessions.db"
-    auth_service_url: str = "http://127.0.0.1:8100"
-    rag_service_url: str = "http://127.0.0.1:8100"
-    question_service_url: str = "http://127.0.0.1:8100"
-    log_level: str = "info"
-    log_json: bool = False
-    access_log: bool = True
-    # SQLite
-    db_read_connections: int = 2
-    db_cache_size_kib: int = 32768
-    db_busy_timeout_ms: int = 5000
-    db_synchronous: str = "NORMAL"
-    # auth
-    auth_cache_ttl_s: float = 30.0
-    auth_cache_max_entries: int = 10000
-    # downstream client
-    http_transport: str = "aiohttp"
-    http_max_connections: int = 200
-    http_max_keepalive: int = 100
-    http_connect_timeout_s: float = 3.0
-    http_read_timeout_s: float = 30.0
-    http_pool_timeout_s: float = 2.0
-    http_keepalive_expiry_s: float = 4.0
-    http_retries: int = 2
-    http_retry_backoff_s: float = 0.05
-    downstream_max_concurrency: int = 256
-    forward_authorization: bool = False
-    # limits
-    max_body_bytes: int = 1_048_576
-    max_upload_bytes: int = 10_485_760
-    max_upload_files: int = 20
-    max_metadata_bytes: int = 65_536
-    max_event_data_bytes: int = 16_384
-    max_page_size: int = 500
-    max_in_flight: int = 2000
-    body_read_timeout_s: float = 30.0
-    # RAG defaults (used when neither the request nor the session sets them)
-    rag_default_top_k: int = 5
-    rag_default_use_rerank: bool = False
-    rag_default_min_score: float = 0.0
-    rag_default_max_context_chars: int = 4000
-    rag_default_model: str = "default"
-    rag_default_chain_type: str = "stuff"
-    rag_default_embedding_model: str = "default"
-    rag_default_max_tokens: int = 512
-    question_context_max_chars: int = 8000
-    question_context_max_chunks: int = 40
-    question_model: str = "default"
-    # operations
-    shutdown_timeout_s: int = 8
-    backup_dir: str = "./data/backups"
-    cursor_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    loop_lag_interval_s: float = 0.1
+class SettingsError(ValueError):
+    """A setting with a value outside what is allowed; the message is one line, safe to print and log."""
+
+
+# -- value types ---------------------------------------------------------------------------------------------
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_FLAG_WORDS = "true, false, 1, 0, yes, no, on, off"
+
+
+def _flag(value: object) -> object:
+    # pydantic's own bool also takes t/f/y/n; a typo such as "ture" must not quietly become false either.
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise PydanticCustomError("flag", "not a boolean word")
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _http_url(value: str) -> str:
+    # Validated as a URL, kept as the string given: call sites join paths onto it.
+    try:
+        _HTTP_URL.validate_python(value)
+    except ValidationError:
+        raise PydanticCustomError("http_url", "not an http(s) URL") from None
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_http_url)]
+Text = Annotated[str, Field(min_length=1, max_length=4096)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)]
+Transport = Annotated[Literal["aiohttp", "httpx"], BeforeValidator(_lower)]  # service.downstream.client
+Synchronous = Annotated[Literal["NORMAL", "FULL", "EXTRA"], BeforeValidator(_upper)]
+_GIB = 1 << 30
+
+
+def _random_secret() -> SecretStr:
+    # Per Settings (the process has one; ``replace`` carries it over): gateways not given a shared secret in one
+    # test process are keyed apart, as separate deployments are.
+    return SecretStr(secrets.token_hex(32))
+
+
+# -- groups ----------------------------------------------------------------------------------------------------
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # ``from None``: pydantic's error repeats every input, and a chained traceback would print a secret.
+            raise SettingsError(describe_errors(type(self), exc)) from None
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied, validated like a fresh instance (``model_copy`` would not validate)."""
+        return type(self)(**{**dict(self), **changes})
+
+
+class ServerSettings(_Group):
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Port = 8000
+    log_level: LogLevel = "info"
+    log_json: Flag = False
+    access_log: Flag = True
+    shutdown_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 8
+
+
+class DatabaseSettings(_Group):
+    database_path: Text = "./data/sessions.db"
+    db_read_connections: Annotated[int, Field(ge=1, le=64)] = 2
+    db_cache_size_kib: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)] = 32768
+    db_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
+    db_synchronous: Synchronous = "NORMAL"
+
+
+class DownstreamSettings(_Group):
+    auth_service_url: Url = "http://127.0.0.1:8100"
+    rag_service_url: Url = "http://127.0.0.1:8100"
+    question_service_url: Url = "http://127.0.0.1:8100"
+    auth_cache_ttl_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    auth_cache_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
+    http_transport: Transport = "aiohttp"
+    http_max_connections: Annotated[int, Field(ge=1, le=100_000)] = 200
+    http_max_keepalive: Annotated[int, Field(ge=0, le=100_000)] = 100
+    http_connect_timeout_s: Seconds = 3.0
+    http_read_timeout_s: Seconds = 30.0
+    http_pool_timeout_s: Seconds = 2.0
+    http_keepalive_expiry_s: Seconds = 4.0
+    http_retries: Annotated[int, Field(ge=0, le=100)] = 2
+    http_retry_backoff_s: Annotated[float, Field(ge=0, le=60)] = 0.05
+    downstream_max_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
+    forward_authorization: Flag = False
+
+    @model_validator(mode="after")
+    def _keepalive_within_pool(self) -> Self:
+        if self.http_max_keepalive > self.http_max_connections:
+            raise PydanticCustomError(
+                "cross_field",
+                "HTTP_MAX_KEEPALIVE={keepalive} is invalid: must be <= HTTP_MAX_CONNECTIONS ({connections})",
+                {"keepalive": self.http_max_keepalive, "connections": self.http_max_connections},
+            )
+        return self
+
+
+class LimitSettings(_Group):
+    max_body_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 1_048_576
+    max_upload_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 10_485_760
+    max_upload_files: Annotated[int, Field(ge=1, le=1000)] = 20
+    max_metadata_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 65_536
+    max_event_data_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 16_384
+    max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_LIMIT)] = 500  # what the listings' models accept
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    body_read_timeout_s: Seconds = 30.0
+
+
+class RagDefaults(_Group):
+    """Used when neither the request nor the session sets them; bounded like the requests that override them."""
+
+    rag_default_top_k: TopK = 5
+    rag_default_use_rerank: Flag = False
+    rag_default_min_score: MinScore = 0.0
+    rag_default_max_context_chars: MaxContextChars = 4000
+    rag_default_model: ModelName = "default"
+    rag_default_chain_type: ChainType = "stuff"
+    rag_default_embedding_model: ModelName = "default"
+    rag_default_max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # as RagQueryRequest.max_tokens
+    question_context_max_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 8000
+    question_context_max_chunks: Annotated[int, Field(ge=1, le=100_000)] = 40
+    question_model: ModelName = "default"
+
+
+class OperationSettings(_Group):
+    backup_dir: Text = "./data/backups"
+    # HMAC key of pagination cursors; random per process unless set (then cursors survive restarts and workers).
+    cursor_secret: Annotated[SecretStr, Field(min_length=16, max_length=4096)] = Field(default_factory=_random_secret)
+    loop_lag_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.1
     # per-request metrics (the lag probe always runs); off only to measure their overhead
-    metrics_enabled: bool = True
-
-    def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    metrics_enabled: Flag = True
 
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+# Bases listed last-first: pydantic collects fields from the last base on, so the order reads server first.
+class Settings(OperationSettings, RagDefaults, LimitSettings, DownstreamSettings, DatabaseSettings, ServerSettings):
+    """Every setting, one flat namespace; built from explicit values, never from the environment."""
+
+
+# -- the environment --------------------------------------------------------------------------------------------
+class _FromEnvironment(BaseSettings, Settings):
+    """The fields of ``Settings`` as pydantic-settings sees them; never instantiated (``Settings`` validates)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, env_prefix="", extra="ignore")
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of ``os.environ``."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(_FromEnvironment, case_sensitive=False, env_ignore_empty=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from the environment; every field has an upper-case env var of the same name."""
-    config = Config(environ=dict(os.environ if environ is None else environ))
-    defaults = Settings()
-    values: dict[str, object] = {}
-    for f in dataclasses.fields(Settings):
-        raw = config(f.name.upper(), cast=str, default=None)
-        if raw is None:
+    """Settings from the environment (``os.environ`` unless given); unrelated variables are ignored.
+
+    No ``.env`` file: the process environment is the whole configuration, as the container gets it."""
+    values = _MappingSource(os.environ if environ is None else environ)()
+    return Settings(**values)
+
+
+# -- one-line errors --------------------------------------------------------------------------------------------
+_PLAIN = re.compile(r"[\w.:/@+,=%-]{1,80}")
+
+
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _allowed(field: FieldInfo) -> str:
+    """What a field accepts, read from its type and constraints (so the message cannot drift from the check)."""
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return "allowed values are " + ", ".join(str(a) for a in get_args(annotation))
+    if annotation is bool:
+        return f"allowed values are {_FLAG_WORDS} (any case)"
+    words = {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
+    bounds = [
+        f"{symbol} {getattr(m, attr)}"
+        for symbol, attr in words.items()
+        for m in field.metadata
+        if isinstance(m, getattr(annotated_types, attr.capitalize()))
+    ]
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        return f"must be {kind}" + (" " + " and ".join(bounds) if bounds else "")
+    if any(isinstance(m, AfterValidator) and m.func is _http_url for m in field.metadata):
+        return "must be an http:// or https:// URL"
+    pattern = next((m.pattern for m in field.metadata if getattr(m, "pattern", None)), None)
+    if pattern:
+        return f"must match {pattern}"
+    shortest = next((m.min_length for m in field.metadata if isinstance(m, annotated_types.MinLen)), 0)
+    longest = next((m.max_length for m in field.metadata if isinstance(m, annotated_types.MaxLen)), None)
+    if longest is not None:
+        return f"must be {shortest} to {longest} characters long"
+    return f"must be at least {shortest} characters long" if shortest else "not a valid value"
+
+
+def describe_errors(model: type[BaseModel], exc: ValidationError, *, env_prefix: str = "") -> str:
+    """One line for every problem in ``exc``: ``NAME=value is invalid: what is allowed``, joined by ``; ``."""
+    parts: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if not loc:  # a cross-field check words its own message
+            parts.append(error["msg"])
             continue
-        default = getattr(defaults, f.name)
-        caster: type | object = _bool if isinstance(default, bool) else type(default)
-        try:
-            values[f.name] = caster(raw)  # type: ignore[operator]
-        except ValueError:
-            raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
-    settings = defaults.replace(**values)
-    if settings.db_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
-        raise ValueError("DB_SYNCHRONOUS must be NORMAL, FULL or EXTRA")
-    return settings
+        name = str(loc[0])
+        env = f"{env_prefix}{name.upper()}"
+        field = model.model_fields.get(name)
+        if error["type"] == "extra_forbidden" or field is None:
+            parts.append(f"{env} is not a setting")
+            continue
+        secret = field.annotation is SecretStr
+        parts.append(f"{env}={'***' if secret else _shown(error['input'])} is invalid: {_allowed(field)}")
+    return "; ".join(dict.fromkeys(parts))

@@ -7,10 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.api.endpoint import Call, Endpoint
-from service.auth import Principal
+from service.api.endpoint import ADMIN, Call, Endpoint
 from service.db import maintenance
-from service.errors import Forbidden
 
 
 class CleanupRequest(BaseModel):
@@ -37,13 +35,7 @@ class BackupResult(BaseModel):
     seconds: float
 
 
-def require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise Forbidden("admin only")
-
-
 async def cleanup(call: Call[CleanupRequest, Any]) -> dict[str, Any]:
-    require_admin(call.principal)
     result = await maintenance.cleanup(
         call.ctx.db, keep_newest=call.body.keep_newest, older_than_days=call.body.older_than_days
     )
@@ -51,7 +43,6 @@ async def cleanup(call: Call[CleanupRequest, Any]) -> dict[str, Any]:
 
 
 async def backup(call: Call[Any, Any]) -> dict[str, Any]:
-    require_admin(call.principal)
     result = await maintenance.backup(call.ctx.db, call.ctx.settings.backup_dir)
     return dataclasses.asdict(result)
 
@@ -63,9 +54,10 @@ ENDPOINTS = [
         cleanup,
         "Delete ended sessions beyond a retention rule",
         "admin",
+        ADMIN,
         body=CleanupRequest,
         response=CleanupResult,
-        errors=(401, 403, 422),
+        errors=(422,),
     ),
     Endpoint(
         "POST",
@@ -73,8 +65,8 @@ ENDPOINTS = [
         backup,
         "Online backup to a timestamped file",
         "admin",
+        ADMIN,
         response=BackupResult,
         status=201,
-        errors=(401, 403),
     ),
 ]

@@ -1,11 +1,11 @@
-"""Declarative endpoints: one description drives validation, the Starlette route and the OpenAPI entry."""
+"""Declarative endpoints: one description drives access, validation, the Starlette route and the OpenAPI entry."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
@@ -13,22 +13,72 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.auth import Principal
-from service.errors import BadRequest, Unauthorized, UnsupportedMediaType, ValidationFailed
+from service.auth import ROLES, Principal, Role
+from service.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from service.sessions import access
 from service.state import AppContext
 
 B = TypeVar("B", bound=BaseModel)
 Q = TypeVar("Q", bound=BaseModel)
+
+SessionRule = Literal["see", "own"]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may call an endpoint, checked before any query or body parsing.
+
+    ``roles``: the roles allowed; ``None`` is a public route (no token is read; the handler has no principal).
+    ``session``: the route acts on one session the caller must be able to see ("see") or own ("own"). That
+    check runs in the same database hop as the work (no extra read per request); only when the request is
+    refused as invalid is it run first, so an invalid request never tells apart a session the caller may not
+    see (404) from their own (422).
+    """
+
+    roles: frozenset[Role] | None
+    session: SessionRule | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.roles is not None
+
+    def every_role(self) -> bool:
+        """Authenticated, and any role may call it (so no 403 comes from the declaration)."""
+        return self.roles == ROLES
+
+
+STAFF_ROLES: frozenset[Role] = frozenset(("admin", "teacher"))
+
+PUBLIC = Access(None)
+ANY_ROLE = Access(ROLES)
+STAFF = Access(STAFF_ROLES)
+ADMIN = Access(frozenset(("admin",)))
+SEE_SESSION = Access(ROLES, "see")  # read or use a session: admin any, teacher their own, student ACTIVE ones
+OWN_SESSION = Access(STAFF_ROLES, "own")  # change a session: admin any, teacher their own
 
 
 @dataclass(slots=True)
 class Call(Generic[B, Q]):
     request: Request
     ctx: AppContext
-    principal: Principal
+    caller: Principal | None  # None exactly on public routes: no token was read
     body: B
     query: Q
     path: dict[str, str]
+
+    @property
+    def principal(self) -> Principal:
+        """The authenticated caller; a public route has none (its handler must not ask)."""
+        if self.caller is None:
+            raise RuntimeError("a public endpoint has no principal")
+        return self.caller
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[Any]]
@@ -40,20 +90,28 @@ class Empty(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """One route. ``errors``: statuses beyond those the OpenAPI entry derives itself (401/403/404/503 from
+    ``access``, 400/408/413/415/422 from a body or query)."""
+
     method: str
     path: str
     handler: Handler
     summary: str
     tag: str
+    access: Access  # explicit on every endpoint: no default that silently means "any role"
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
-    auth: bool = True
     errors: tuple[int, ...] = ()
     multipart: bool = False
     raw_response: str | None = None  # media type of a non-JSON response (e.g. /metrics)
     extra_openapi: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def session_in_path(self) -> bool:
+        """Whether the session the access rule is about is named by the path (else by the body)."""
+        return "{session_id}" in self.path
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
@@ -104,10 +162,6 @@ async def parse_json_body(model: type[B], request: Request) -> B:
         raise ValidationFailed("invalid request body", details=details) from None
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(content, status_code=status, headers=headers)
-
-
 def _authorization(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if header is not None and not (header.isascii() and header.isprintable()):
@@ -116,23 +170,47 @@ def _authorization(request: Request) -> str | None:
     return header
 
 
+async def authorize(ep: Endpoint, request: Request, ctx: AppContext) -> Principal | None:
+    """The caller, once their role is allowed here (401/403/503); ``None`` on a public route (no token read)."""
+    roles = ep.access.roles
+    if roles is None:
+        return None
+    principal = await ctx.auth.resolve(_authorization(request))
+    if principal.role not in roles:
+        raise Forbidden(
+            "your role may not call this endpoint",
+            details={"role": principal.role, "allowed_roles": sorted(roles)},
+        )
+    return principal
+
+
+# What a malformed request is refused with; on a session route the session is checked before any of them.
+_INVALID_REQUEST = (BadRequest, ValidationFailed, PayloadTooLarge, UnsupportedMediaType)
+
+
 def to_route(ep: Endpoint, path: str) -> Route:
+    rule = ep.access.session if ep.session_in_path else None
+
     async def endpoint(request: Request) -> Response:
         ctx = cast(AppContext, request.state.ctx)
-        principal = await ctx.auth.resolve(_authorization(request)) if ep.auth else _ANONYMOUS
-        query = parse_query(ep.query, request) if ep.query else Empty()
-        body = await parse_json_body(ep.body, request) if ep.body and not ep.multipart else Empty()
-        call: Call[Any, Any] = Call(request, ctx, principal, body, query, dict(request.path_params))
-        result = await ep.handler(call)
+        principal = await authorize(ep, request, ctx)
+        try:
+            query = parse_query(ep.query, request) if ep.query else Empty()
+            body = await parse_json_body(ep.body, request) if ep.body and not ep.multipart else Empty()
+            call: Call[Any, Any] = Call(request, ctx, principal, body, query, dict(request.path_params))
+            result = await ep.handler(call)
+        except _INVALID_REQUEST:
+            if rule is not None and principal is not None:
+                # Only on this failure path: the read the operation would have done, so the caller learns
+                # 404 (not visible / not theirs) before anything about their request.
+                await access.require_session(ctx.db, principal, request.path_params["session_id"], rule)
+            raise
         if isinstance(result, Response):
             return result
-        return json_response(result, ep.status)
+        return JSONResponse(result, status_code=ep.status)
 
     endpoint.__name__ = ep.handler.__name__
     return Route(path, endpoint, methods=[ep.method])
-
-
-_ANONYMOUS = Principal(id="", role="student", username="", profile={})
 
 
 def routes_for(endpoints: Sequence[Endpoint]) -> list[Route]:

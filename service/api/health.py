@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from service.api.endpoint import Call, Endpoint
+from service.api.endpoint import PUBLIC, Call, Endpoint
 from service.db import DatabaseError
-from service.db.schema import SCHEMA_VERSION
+from service.db.migrations import SCHEMA_VERSION
 
 
 class Health(BaseModel):
@@ -46,16 +46,16 @@ async def metrics(call: Call[Any, Any]) -> Response:
 
 
 ENDPOINTS = [
-    Endpoint("GET", "/health", health, "Liveness (no I/O)", "health", response=Health, auth=False),
+    Endpoint("GET", "/health", health, "Liveness (no I/O)", "health", PUBLIC, response=Health),
     Endpoint(
         "GET",
         "/health/ready",
         ready,
         "Readiness: database answers, schema current",
         "health",
+        PUBLIC,
         response=Ready,
-        auth=False,
         errors=(503,),
     ),
-    Endpoint("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=False, raw_response="text/plain"),
+    Endpoint("GET", "/metrics", metrics, "Prometheus metrics", "health", PUBLIC, raw_response="text/plain"),
 ]

@@ -73,17 +73,52 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Resolved by the auth service to a user and a role (admin, teacher or student); "
+                    "a token with any other role is refused with 403 everywhere.",
+                }
+            },
         },
     }
+
+
+def access_sentence(ep: Endpoint) -> str:
+    """The endpoint's access declaration in words, for the operation's description."""
+    roles = ep.access.roles
+    if roles is None:
+        return "Public: no token needed."
+    who = "any role" if ep.access.every_role() else ", ".join(sorted(roles))
+    rule = ep.access.session
+    if rule is None:
+        return f"Roles: {who}."
+    if rule == "see":
+        need = "be able to see the session (admin: any; teacher: their own; student: an ACTIVE one)"
+        hidden = "A session they may not see"
+    else:
+        need = "own the session (admin: any)"
+        hidden = "A session they do not own"
+    if ep.session_in_path:
+        when = "even to an invalid request"
+    else:
+        when = "once the body is valid: the session is named in the body (the role is checked before it is read)"
+    return f"Roles: {who}; the caller must {need}. {hidden} answers 404 like a missing one, {when}."
 
 
 def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": ep.summary,
+        "description": access_sentence(ep),
         "tags": [ep.tag],
         "operationId": f"{ep.handler.__name__}{'_api' if path.startswith('/api') else ''}",
     }
+    authenticated = ep.access.authenticated
+    if ep.access.roles is not None:
+        op["x-roles"] = sorted(ep.access.roles)
+    if ep.access.session is not None:
+        op["x-session-access"] = ep.access.session
     params: list[dict[str, Any]] = [
         {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 128}}
         for seg in path.split("/")
@@ -93,7 +128,7 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
         params.extend(_query_params(ep.query))
     if params:
         op["parameters"] = params
-    if ep.auth:
+    if authenticated:
         op["security"] = [{"bearer": []}]
     if ep.body is not None:
         media = "multipart/form-data" if ep.multipart else "application/json"
@@ -108,15 +143,19 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
         ok_schema = {"$ref": REF.format(model=ep.response.__name__)} if ep.response else {}
         responses[str(ep.status)] = {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}
     statuses = set(ep.errors)
-    if ep.auth:
+    if authenticated:
         statuses |= {401, 503}
+        if not ep.access.every_role():
+            statuses.add(403)
+    if ep.access.session is not None:
+        statuses.add(404)
     if ep.body is not None:
         statuses |= {400, 408, 413, 415, 422}
     if ep.query is not None:
         statuses |= {400, 422}
     for status in sorted(statuses):
         schema: dict[str, Any] = {"$ref": REF.format(model="Error")}
-        if status == 503 and not ep.auth and ep.response is not None:
+        if status == 503 and not authenticated and ep.response is not None:
             # An unauthenticated probe (/health/ready, /health/services) answers 503 with its own body.
             schema = {"anyOf": [{"$ref": REF.format(model=ep.response.__name__)}, schema]}
         responses[str(status)] = {

@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from service.api.endpoint import Call, Endpoint, validation_details
+from service.api.endpoint import ANY_ROLE, OWN_SESSION, PUBLIC, SEE_SESSION, Call, Endpoint, validation_details
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.rag.models import (
     GenerateQuestionsRequest,
@@ -135,9 +135,10 @@ ENDPOINTS = [
         rag_query,
         "Ask a question over the session's documents",
         TAG,
+        SEE_SESSION,
         body=RagQueryRequest,
         response=RagQueryResponse,
-        errors=(403, 404, 409, 502, 503, 504),
+        errors=(409, 502, 503, 504),
     ),
     Endpoint(
         "POST",
@@ -145,9 +146,10 @@ ENDPOINTS = [
         generate_questions,
         "Generate questions from the session's chunks",
         TAG,
+        SEE_SESSION,
         body=GenerateQuestionsRequest,
         response=GenerateQuestionsResponse,
-        errors=(403, 404, 409, 502, 503, 504),
+        errors=(409, 502, 503, 504),
     ),
     Endpoint(
         "POST",
@@ -155,10 +157,11 @@ ENDPOINTS = [
         process_and_store,
         "Upload text/markdown documents",
         TAG,
+        OWN_SESSION,
         body=ProcessUpload,
         response=ProcessResponse,
         multipart=True,
-        errors=(403, 404, 409, 413, 415, 422, 502, 503, 504),
+        errors=(409, 413, 415, 422, 502, 503, 504),
     ),
     Endpoint(
         "POST",
@@ -166,9 +169,10 @@ ENDPOINTS = [
         reprocess,
         "Re-chunk the session's documents",
         TAG,
+        OWN_SESSION,
         body=ReprocessRequest,
         response=ReprocessResponse,
-        errors=(403, 404, 409, 502, 503, 504),
+        errors=(409, 502, 503, 504),
     ),
     Endpoint(
         "GET",
@@ -176,8 +180,8 @@ ENDPOINTS = [
         get_rag_settings,
         "Stored RAG defaults of the session",
         TAG,
+        SEE_SESSION,
         response=RagSettingsOut,
-        errors=(404,),
     ),
     Endpoint(
         "PATCH",
@@ -185,19 +189,21 @@ ENDPOINTS = [
         patch_rag_settings,
         "Merge RAG defaults (null removes a key)",
         TAG,
+        OWN_SESSION,
         body=RagSettingsPatch,
         response=RagSettingsOut,
-        errors=(403, 404),
     ),
-    Endpoint("GET", "/profile", profile, "The caller's profile from the auth service", "auth", response=Profile),
+    Endpoint(
+        "GET", "/profile", profile, "The caller's profile from the auth service", "auth", ANY_ROLE, response=Profile
+    ),
     Endpoint(
         "GET",
         "/health/services",
         services_health,
         "Each downstream's /health, checked concurrently",
         "health",
+        PUBLIC,
         response=ServicesHealth,
-        auth=False,
         errors=(503,),
     ),
 ]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 
-from service.api.endpoint import Call, Endpoint
+from service.api.endpoint import ANY_ROLE, OWN_SESSION, SEE_SESSION, STAFF, Call, Endpoint
 from service.downstream import DownstreamError
 from service.errors import PayloadTooLarge
 from service.sessions import store
@@ -42,11 +42,23 @@ def json_text(body: str, status: int = 200) -> Response:
     return Response(body.encode(), status_code=status, media_type="application/json")
 
 
+Page = TypeVar("Page", ListQuery, EventsQuery)
+
+
+def clamped(call: Call[Any, Page]) -> Page:
+    """The query with ``limit`` clamped to MAX_PAGE_SIZE.
+
+    The model accepts up to the absolute bound (``PAGE_SIZE_LIMIT``), so the setting, not a number in the model,
+    is what limits a page; the page's ``limit`` tells the client what was honoured.
+    """
+    query, most = call.query, call.ctx.settings.max_page_size
+    return query.model_copy(update={"limit": most}) if query.limit > most else query
+
+
 async def list_sessions(call: Call[Any, ListQuery]) -> Response:
-    query = call.query
-    if query.limit > call.ctx.settings.max_page_size:
-        query = query.model_copy(update={"limit": call.ctx.settings.max_page_size})
-    page = await store.list_sessions(call.ctx.db, call.principal, query, secret=call.ctx.settings.cursor_secret)
+    query = clamped(call)
+    secret = call.ctx.settings.cursor_secret.get_secret_value()
+    page = await store.list_sessions(call.ctx.db, call.principal, query, secret=secret)
     cursor = json.dumps(page["next_cursor"])
     return json_text(f'{{"sessions":{page["sessions_json"]},"next_cursor":{cursor},"limit":{page["limit"]}}}')
 
@@ -78,9 +90,8 @@ async def append_event(call: Call[EventCreate, Any]) -> dict[str, Any]:
 
 
 async def list_events(call: Call[Any, EventsQuery]) -> dict[str, Any]:
-    return await store.list_events(
-        call.ctx.db, call.principal, call.path["session_id"], call.query, secret=call.ctx.settings.cursor_secret
-    )
+    secret = call.ctx.settings.cursor_secret.get_secret_value()
+    return await store.list_events(call.ctx.db, call.principal, call.path["session_id"], clamped(call), secret=secret)
 
 
 async def end_session(call: Call[SessionEnd, Any]) -> dict[str, Any]:
@@ -112,10 +123,11 @@ ENDPOINTS = [
         create_session,
         "Create a session (ACTIVE)",
         TAG,
+        STAFF,
         body=SessionCreate,
         response=SessionOut,
         status=201,
-        errors=(401, 403, 413, 422),
+        errors=(413, 422),
     ),
     Endpoint(
         "GET",
@@ -123,9 +135,10 @@ ENDPOINTS = [
         list_sessions,
         "List sessions, newest first (keyset cursor)",
         TAG,
+        ANY_ROLE,
         query=ListQuery,
         response=SessionPage,
-        errors=(400, 401, 403, 422),
+        errors=(400, 403, 422),  # 403: a user_id filter naming someone else (admins only)
     ),
     Endpoint(
         "GET",
@@ -133,19 +146,30 @@ ENDPOINTS = [
         session_stats,
         "Counts, durations and events per type",
         TAG,
+        STAFF,
         response=Stats,
-        errors=(401, 403),
     ),
-    Endpoint("GET", SID, get_session, "One session", TAG, query=GetQuery, response=SessionOut, errors=(401, 404, 422)),
+    Endpoint(
+        "GET",
+        SID,
+        get_session,
+        "One session",
+        TAG,
+        SEE_SESSION,
+        query=GetQuery,
+        response=SessionOut,
+        errors=(422,),
+    ),
     Endpoint(
         "PATCH",
         SID,
         patch_session,
         "Change only the fields sent (metadata is a merge patch)",
         TAG,
+        OWN_SESSION,
         body=SessionPatch,
         response=SessionOut,
-        errors=(401, 403, 404, 413, 422),
+        errors=(413, 422),
     ),
     Endpoint(
         "POST",
@@ -153,10 +177,11 @@ ENDPOINTS = [
         append_event,
         "Append an event; `state` records STATE_CHANGED",
         TAG,
+        OWN_SESSION,
         body=EventCreate,
         response=EventsAppended,
         status=201,
-        errors=(401, 403, 404, 409, 413, 422),
+        errors=(409, 413, 422),
     ),
     Endpoint(
         "GET",
@@ -164,9 +189,10 @@ ENDPOINTS = [
         list_events,
         "Events, oldest first (keyset cursor)",
         TAG,
+        SEE_SESSION,
         query=EventsQuery,
         response=EventPage,
-        errors=(400, 401, 404, 422),
+        errors=(400, 422),
     ),
     Endpoint(
         "POST",
@@ -174,9 +200,10 @@ ENDPOINTS = [
         end_session,
         "End the session",
         TAG,
+        OWN_SESSION,
         body=SessionEnd,
         response=SessionOut,
-        errors=(401, 403, 404, 409, 422),
+        errors=(409, 422),
     ),
     Endpoint(
         "DELETE",
@@ -184,7 +211,7 @@ ENDPOINTS = [
         delete_session,
         "Delete the session, its events and its collection",
         TAG,
+        OWN_SESSION,
         response=Deleted,
-        errors=(401, 403, 404),
     ),
 ]

@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from service.db import schema
+from service.db import migrations
 from service.db.batching import Batcher, Outcome, Work, run_reads, run_writes
+from service.settings import DatabaseSettings
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
@@ -48,21 +49,20 @@ def _apply_pragmas(conn: sqlite3.Connection, *, cache_kib: int, busy_ms: int, sy
 
 
 class Database:
+    """``settings`` (defaults from ``service.settings``) tunes the connections; ``path`` says which file.
+
+    Separate so tests and tools can open any file with the configured policy; ``from_settings`` is how the
+    service and the CLI open the configured one."""
+
     def __init__(
-        self,
-        path: str,
-        *,
-        read_connections: int = 2,
-        cache_size_kib: int = 32768,
-        busy_timeout_ms: int = 5000,
-        synchronous: str = "NORMAL",
-        observer: OpObserver | None = None,
+        self, path: str, settings: DatabaseSettings | None = None, *, observer: OpObserver | None = None
     ) -> None:
+        config = settings if settings is not None else DatabaseSettings()
         self.path = path
-        self._n_readers = max(1, read_connections)
-        self._cache_kib = cache_size_kib
-        self._busy_ms = busy_timeout_ms
-        self._synchronous = synchronous
+        self._n_readers = config.db_read_connections
+        self._cache_kib = config.db_cache_size_kib
+        self._busy_ms = config.db_busy_timeout_ms
+        self._synchronous = config.db_synchronous
         self._observer = observer
         self._writer: aiosqlite.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
@@ -71,22 +71,29 @@ class Database:
         self._writes = Batcher(self._run_writes)
         self.migrations_applied: list[str] = []
 
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings, *, observer: OpObserver | None = None) -> Database:
+        return cls(settings.database_path, settings, observer=observer)
+
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self, *, run_migrations: bool = True) -> None:
+        """Open every connection or none: a failure closes what it opened (their threads would block exit)."""
         if self.path != ":memory:":
             await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
         self._writer = await self._connect()
-        if run_migrations:
-            try:
-                self.migrations_applied = await self._run(self._writer, schema.migrate)
-            except BaseException:
-                await self._writer.close()
-                self._writer = None
-                raise
-        for _ in range(self._n_readers):
-            reader = await self._connect()
-            await reader.execute("PRAGMA query_only = ON")
-            self._readers.append(reader)
+        try:
+            if run_migrations:
+                self.migrations_applied = await self._run(self._writer, migrations.migrate)
+            for _ in range(self._n_readers):
+                reader = await self._connect()
+                self._readers.append(reader)
+                await reader.execute("PRAGMA query_only = ON")
+        except BaseException:
+            for conn in (*self._readers, self._writer):
+                await conn.close()
+            self._readers.clear()
+            self._writer = None
+            raise
         self._next_reader = itertools.cycle(self._readers)
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -96,7 +103,11 @@ class Database:
         def setup(c: sqlite3.Connection) -> None:
             _apply_pragmas(c, cache_kib=self._cache_kib, busy_ms=self._busy_ms, synchronous=self._synchronous)
 
-        await self._run(conn, setup)
+        try:
+            await self._run(conn, setup)  # e.g. "file is not a database"
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
     async def close(self) -> None:
@@ -167,7 +178,8 @@ class Database:
 
     @staticmethod
     async def _run(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # aiosqlite's own execute_* are built on this: run ``fn`` on the connection's thread, one hop.
+        # aiosqlite's own execute_* are built on this: run ``fn`` on the connection's thread, one hop. Private API
+        # (pinned in pyproject.toml); tests/db/test_aiosqlite_internals.py fails loudly if an upgrade moves it.
         def call() -> T:
             return fn(conn._conn)
 

@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.db.database import Database
+from service.sessions.domain import END_STATUSES
+
+_ENDED_MARKS = ", ".join("?" * len(END_STATUSES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +52,6 @@ class CleanupResult:
     deleted_events: int
 
 
-ENDED = ("COMPLETED", "CANCELLED", "FAULTED")
-
-
 async def cleanup(
     db: Database, *, keep_newest: int | None = None, older_than_days: float | None = None
 ) -> CleanupResult:
@@ -70,7 +70,7 @@ async def cleanup(
 
     def run(conn: sqlite3.Connection) -> CleanupResult:
         doomed: set[str] = set()
-        for status in ENDED:
+        for status in END_STATUSES:
             if older_than_days is not None:
                 cutoff = int(time.time() * 1000 - older_than_days * 86_400_000)
                 doomed.update(
@@ -81,9 +81,9 @@ async def cleanup(
                 )
         if keep_newest is not None:
             rows = conn.execute(
-                "SELECT session_id FROM sessions WHERE status IN ('COMPLETED', 'CANCELLED', 'FAULTED') "
+                f"SELECT session_id FROM sessions WHERE status IN ({_ENDED_MARKS}) "  # noqa: S608 - placeholders
                 "ORDER BY end_time DESC, session_id LIMIT -1 OFFSET ?",
-                (keep_newest,),
+                (*END_STATUSES, keep_newest),
             ).fetchall()
             doomed.update(r[0] for r in rows)
         events = 0

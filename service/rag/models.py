@@ -6,11 +6,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.sessions.models import ModelName, QueryKnobs, RagSettings
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+from service.sessions.models import ModelName, QueryKnobs, RagSettings, Strict
 
 
 class Turn(Strict):

@@ -12,10 +12,11 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable
+from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_active
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
+from service.sessions.domain import ACTIVE
 from service.settings import Settings
 
 
@@ -36,11 +37,8 @@ class Rag:
 
     async def _active_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
         session = await rag_store.session_for_read(self.db, principal, session_id)
-        if session["status"] != "ACTIVE":
-            raise Conflict(
-                f"session is {session['status']}, not ACTIVE",
-                details={"session_id": session_id, "status": session["status"]},
-            )
+        if session["status"] != ACTIVE:
+            raise session_not_active(session_id, session["status"])
         return session
 
     async def query(

@@ -12,7 +12,6 @@ from typing import Any
 from service.settings import Settings
 
 QUERY_KEYS = ("top_k", "use_rerank", "min_score", "max_context_chars", "model", "chain_type")
-STORED_KEYS = (*QUERY_KEYS, "embedding_model")
 
 
 def service_defaults(settings: Settings) -> dict[str, Any]:
@@ -38,15 +37,4 @@ def effective(
             out[key] = stored[key]
         else:
             out[key] = defaults[key]
-    return out
-
-
-def merge_patch(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored settings after a PATCH: keys sent replace, a null removes (RFC 7396 on a flat object)."""
-    out = dict(stored)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = value
     return out

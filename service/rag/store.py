@@ -16,7 +16,10 @@ from service.timeutil import now_ms
 
 
 async def session_for_read(db: Database, principal: Principal, session_id: str) -> dict[str, Any]:
-    """A visible session's status, owner and stored RAG settings (404 when not visible, 409 when not ACTIVE)."""
+    """A visible session's status, owner and stored RAG settings; 404 when not visible.
+
+    The status is returned, not checked: the caller decides what it allows (``Rag._active_session`` answers 409).
+    """
     clause, params = access.visible(principal)
     rows = await db.read(
         "SELECT session_id, user_id, status, json_extract(metadata, '$.rag_settings') AS rag "  # noqa: S608
@@ -33,7 +36,7 @@ async def session_for_read(db: Database, principal: Principal, session_id: str) 
 
 
 async def session_for_change(db: Database, principal: Principal, session_id: str, *, active: bool) -> dict[str, Any]:
-    """Like ``session_for_read`` but the caller must be allowed to change the session (403/404 otherwise)."""
+    """Like ``session_for_read`` but the caller must be allowed to change the session (404 otherwise)."""
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)

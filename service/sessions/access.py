@@ -1,9 +1,16 @@
-"""SPEC 5 access rules as SQL predicates, so visibility costs no extra round trip."""
+"""Row-level access (SPEC 5) as SQL predicates, so a session check costs no extra round trip.
+
+Which roles may call a route is declared on its endpoint (``service.api.endpoint.Access``) and checked before
+the request is parsed; this module decides which sessions a caller may see or change.
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from service.auth import Principal
-from service.errors import Forbidden
+from service.db import Database
+from service.errors import session_not_found
 
 
 def visible(principal: Principal) -> tuple[str, tuple[str, ...]]:
@@ -16,10 +23,25 @@ def visible(principal: Principal) -> tuple[str, tuple[str, ...]]:
     return " AND status = 'ACTIVE' AND end_time IS NULL", ()
 
 
-def can_modify(principal: Principal, owner_id: str) -> bool:
-    return principal.role == "admin" or (principal.role == "teacher" and principal.id == owner_id)
+def owned(principal: Principal) -> tuple[str, tuple[str, ...]]:
+    """``AND ...`` clause limiting ``sessions`` rows to those the caller may change (none for a student)."""
+    if principal.role == "admin":
+        return "", ()
+    if principal.role == "teacher":
+        return " AND user_id = ?", (principal.id,)
+    return " AND 0", ()
 
 
-def require_creator(principal: Principal) -> None:
-    if principal.role == "student":
-        raise Forbidden("students cannot create sessions")
+async def require_session(db: Database, principal: Principal, session_id: str, rule: Literal["see", "own"]) -> None:
+    """404 unless the caller may see (or change) the session: the answer the operation itself would give.
+
+    Used only where a request is refused before its operation runs, so the refusal cannot reveal whether a
+    session the caller may not see exists.
+    """
+    clause, params = visible(principal) if rule == "see" else owned(principal)
+    rows = await db.read(
+        f"SELECT 1 FROM sessions WHERE session_id = ?{clause}",  # noqa: S608 - fixed fragments
+        (session_id, *params),
+    )
+    if not rows:
+        raise session_not_found(session_id)

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-State = Annotated[int, Field(ge=0, le=8, description="client state code, 0..8")]
-Status = Literal["ACTIVE", "COMPLETED", "CANCELLED", "FAULTED"]
-EndStatus = Literal["COMPLETED", "CANCELLED", "FAULTED"]
+from service.sessions.domain import MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, PAGE_SIZE_LIMIT, EndStatus, Status
+
+State = Annotated[int, Field(ge=MIN_STATE, le=MAX_STATE, description=f"client state code, {MIN_STATE}..{MAX_STATE}")]
 EVENT_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
 # Written by the service itself; clients cannot forge them.
 SERVICE_EVENT_TYPES = frozenset(
@@ -35,6 +35,8 @@ ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Strict(BaseModel):
+    """Base of the request models: an unknown field is a 422, never silently dropped; text is stripped."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -122,9 +124,11 @@ class SessionPatch(Strict):
 
 
 class EventCreate(Strict):
-    """A client event; ``state`` (0..8) also records STATE_CHANGED from the last known state."""
+    """A client event; ``state`` also records STATE_CHANGED from the last known state."""
 
-    event_type: str | None = Field(default=None, min_length=1, max_length=64, pattern=EVENT_TYPE_RE.pattern)
+    event_type: str | None = Field(
+        default=None, min_length=1, max_length=MAX_EVENT_TYPE_LEN, pattern=EVENT_TYPE_RE.pattern
+    )
     event_data: dict[str, Any] | None = None
     state: State | None = None
 
@@ -155,6 +159,17 @@ MAX_TIME_MS = 253_402_300_799_999
 TimeMs = Annotated[int | None, Field(default=None, ge=0, le=MAX_TIME_MS, description="Unix ms")]
 
 
+# Accepted up to the absolute bound; the handler clamps to MAX_PAGE_SIZE, and the page's ``limit`` says what held.
+PageLimit = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=PAGE_SIZE_LIMIT,
+        description="rows per page; larger values are clamped to the server's MAX_PAGE_SIZE (the page's `limit`)",
+    ),
+]
+
+
 class ListQuery(Strict):
     status: Status | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
@@ -165,12 +180,12 @@ class ListQuery(Strict):
     ended_before: TimeMs = None
     created_after: TimeMs = None
     created_before: TimeMs = None
-    limit: int = Field(default=50, ge=1, le=500)
+    limit: PageLimit = 50
     cursor: str | None = Field(default=None, max_length=512)
 
 
 class EventsQuery(Strict):
-    limit: int = Field(default=100, ge=1, le=500)
+    limit: PageLimit = 100
     cursor: str | None = Field(default=None, max_length=512)
 
 

@@ -1,4 +1,9 @@
-"""Session storage: each public function is one awaited database call (one thread hop)."""
+"""Session storage: each ``async`` operation makes exactly one awaited database call (one thread hop).
+
+Under load that hop is shared with concurrent calls (``service/db/batching.py``). The plain functions make no call
+of their own: ``owned_row``, ``require_active`` and ``insert_event`` run inside one, on the connection's thread;
+``session_out`` / ``event_out`` render rows.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from typing import Any
 
 from service.auth import Principal
 from service.db import Database
-from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_found
+from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_active, session_not_found
 from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
+from service.sessions.domain import ACTIVE, STATUSES
 from service.sessions.models import (
     COUNTERS,
     MAX_TIME_MS,
@@ -124,33 +130,29 @@ def insert_event(conn: sqlite3.Connection, session_id: str, event_type: str, ts:
 
 
 def owned_row(conn: sqlite3.Connection, principal: Principal, session_id: str) -> sqlite3.Row:
-    """The session row if the caller may change it; raises 404 (or 403 where it is visible) otherwise."""
+    """The session row if the caller may change it; 404 otherwise, whether or not it exists (no oracle).
+
+    Roles that may never change a session are refused by the endpoint's access declaration, before this.
+    """
+    clause, params = access.owned(principal)
     row: sqlite3.Row | None = conn.execute(
-        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?",  # noqa: S608 - constant columns
-        (session_id,),
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?{clause}",  # noqa: S608 - fixed fragments
+        (session_id, *params),
     ).fetchone()
     if row is None:
-        raise session_not_found(session_id)
-    if not access.can_modify(principal, row["user_id"]):
-        if principal.role == "student" and row["status"] == "ACTIVE":
-            raise Forbidden("your role may not change this session")
         raise session_not_found(session_id)
     return row
 
 
 def require_active(row: sqlite3.Row) -> None:
-    if row["status"] != "ACTIVE":
-        raise Conflict(
-            f"session is {row['status']}, not ACTIVE",
-            details={"session_id": row["session_id"], "status": row["status"]},
-        )
+    if row["status"] != ACTIVE:
+        raise session_not_active(row["session_id"], row["status"])
 
 
 # -- operations ----------------------------------------------------------------------------------------------
 async def create_session(
     db: Database, principal: Principal, body: SessionCreate, *, max_metadata_bytes: int
 ) -> dict[str, Any]:
-    access.require_creator(principal)
     meta: dict[str, Any] = dict(body.metadata)
     meta["name"] = body.name
     if body.category is not None:
@@ -172,7 +174,7 @@ async def create_session(
         "start_state": body.start_state,
         "end_state": None,
         "current_state": body.start_state,
-        "status": "ACTIVE",
+        "status": ACTIVE,
         "metadata": meta_text,
         "created_at": ts,
         "updated_at": ts,
@@ -233,7 +235,7 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
             raise Forbidden("only admins may filter by another user_id")
         where.append("user_id = ?")
         args.append(query.user_id)
-    if query.status == "ACTIVE":
+    if query.status == ACTIVE:
         # literal, so the partial index idx_sessions_active applies
         where.append("status = 'ACTIVE' AND end_time IS NULL")
     elif query.status is not None:
@@ -261,7 +263,7 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
         args.extend((start, start, sid))
     # ACTIVE rows only, not narrowed to one owner: the small partial index idx_sessions_active serves it (the
     # planner would otherwise pick idx_sessions_status_start). The WHERE holds its condition literally.
-    active_only = query.status == "ACTIVE" or principal.role == "student"
+    active_only = query.status == ACTIVE or principal.role == "student"
     by_owner = principal.role == "teacher" or query.user_id is not None
     source = "sessions INDEXED BY idx_sessions_active" if active_only and not by_owner else "sessions"
     sql = (
@@ -350,7 +352,7 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
 async def end_session(db: Database, principal: Principal, session_id: str, body: SessionEnd) -> dict[str, Any]:
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        if row["status"] != "ACTIVE":
+        if row["status"] != ACTIVE:
             raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"]})
         ts = max(now_ms(), row["start_time"])
         if body.end_state != row["current_state"]:
@@ -425,9 +427,7 @@ def _percentile(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], cou
 
 
 async def stats(db: Database, principal: Principal) -> dict[str, Any]:
-    if principal.role == "student":
-        raise Forbidden("students may not read session statistics")
-    own = principal.role == "teacher"
+    own = principal.role != "admin"  # the endpoint admits staff only; anyone else would see just their own
     scope = "user_id = ?" if own else "1 = 1"
     scope_args: tuple[Any, ...] = (principal.id,) if own else ()
 
@@ -454,7 +454,7 @@ async def stats(db: Database, principal: Principal) -> dict[str, Any]:
             types = conn.execute("SELECT event_type, count(*) FROM session_events GROUP BY event_type").fetchall()
         return {
             "total": sum(by_status.values()),
-            "by_status": {s: by_status.get(s, 0) for s in ("ACTIVE", "COMPLETED", "CANCELLED", "FAULTED")},
+            "by_status": {s: by_status.get(s, 0) for s in STATUSES},
             "durations": {
                 "count": count,
                 "avg_ms": None if avg is None else float(avg),

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -54,7 +54,7 @@ LEGACY_COLUMNS = [
 
 
 @contextmanager
-def serve(app: Any, *, lifespan: str = "on") -> Iterator[str]:
+def serve(app: Any, *, lifespan: Literal["auto", "on", "off"] = "on") -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread on a free 127.0.0.1 port; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

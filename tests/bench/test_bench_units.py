@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench import report, scenarios, servers
@@ -76,7 +78,7 @@ def test_plan_lines_render_as_tab_separated() -> None:
 
 
 def test_targets_are_evaluated_from_runs() -> None:
-    def run(scenario: str, target: str, rps: float, p99: float = 10.0) -> dict:
+    def run(scenario: str, target: str, rps: float, p99: float = 10.0) -> dict[str, Any]:
         return {
             "scenario": scenario,
             "target": target,

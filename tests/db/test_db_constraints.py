@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from service.db import schema
+from service.db import ddl, migrations
 from service.db.database import _apply_pragmas
+from service.sessions.domain import ACTIVE, END_STATUSES, MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, STATUSES
 
 COLUMNS = (
     "session_id",
@@ -46,7 +48,7 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """A database file migrated by the service's own migration, with the service's connection pragmas."""
     c = sqlite3.connect(tmp_path / "constraints.db", isolation_level=None)
     _apply_pragmas(c, cache_kib=1024, busy_ms=1000, synchronous="NORMAL")
-    assert schema.migrate(c) == ["applied schema migration v1"]
+    assert migrations.migrate(c) == ["applied schema migration v1"]
     yield c
     c.close()
 
@@ -170,10 +172,29 @@ def test_cascade_delete_removes_only_that_sessions_events(conn: sqlite3.Connecti
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
+def test_schema_checks_agree_with_the_domain_constants(conn: sqlite3.Connection) -> None:
+    """ddl.py spells the domain's values literally (a released migration never changes): they must agree."""
+    [listed] = re.findall(r"status IN \(([^)]*)\)", ddl.SESSIONS_DDL)
+    assert tuple(re.findall(r"'([A-Z]+)'", listed)) == STATUSES
+    insert(conn, session_id="active", status=ACTIVE)
+    for status in END_STATUSES:
+        insert(conn, **{**GOOD_ENDED, "session_id": status, "status": status})
+    for n, state in enumerate((MIN_STATE, MAX_STATE)):
+        insert(conn, session_id=f"state-{n}", start_state=state, current_state=state)
+        insert(conn, **{**GOOD_ENDED, "session_id": f"end-state-{n}", "end_state": state})
+    for column in ("start_state", "current_state", "end_state"):
+        for state in (MIN_STATE - 1, MAX_STATE + 1):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                insert(conn, **{**GOOD_ENDED, "session_id": "out-of-range", column: state})
+    add_event(conn, "active", "E" * MAX_EVENT_TYPE_LEN)
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        add_event(conn, "active", "E" * (MAX_EVENT_TYPE_LEN + 1))
+
+
 def test_migration_is_idempotent_and_versioned(conn: sqlite3.Connection) -> None:
     before = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 1
-    assert schema.migrate(conn) == []
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION == 1
+    assert migrations.migrate(conn) == []
     assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == before
     names = {r[1] for r in before}
     expected = {
@@ -194,9 +215,9 @@ def test_migration_is_idempotent_and_versioned(conn: sqlite3.Connection) -> None
 
 
 def test_newer_schema_is_refused(conn: sqlite3.Connection) -> None:
-    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {migrations.SCHEMA_VERSION + 1}")
     with pytest.raises(RuntimeError, match="newer"):
-        schema.migrate(conn)
+        migrations.migrate(conn)
 
 
 def test_failed_migration_leaves_database_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,12 +226,12 @@ def test_failed_migration_leaves_database_untouched(tmp_path: Path, monkeypatch:
     try:
 
         def broken(conn: sqlite3.Connection) -> None:
-            conn.execute(schema.SESSIONS_DDL)
+            conn.execute(ddl.SESSIONS_DDL)
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(schema, "MIGRATIONS", [broken])
+        monkeypatch.setattr(migrations, "MIGRATIONS", [broken])
         with pytest.raises(RuntimeError, match="boom"):
-            schema.migrate(c)
+            migrations.migrate(c)
         assert c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
         assert c.execute("PRAGMA user_version").fetchone()[0] == 0
         assert not c.in_transaction

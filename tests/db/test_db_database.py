@@ -15,6 +15,7 @@ from service.db import Database, maintenance
 from service.errors import Conflict, NotFound
 from service.sessions import store
 from service.sessions.models import EventCreate, SessionCreate, SessionEnd, SessionPatch
+from service.settings import DatabaseSettings
 
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
@@ -23,7 +24,7 @@ META_MAX = 65_536
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(str(tmp_path / "engine.db"), busy_timeout_ms=4321, cache_size_kib=2048)
+    database = Database(str(tmp_path / "engine.db"), DatabaseSettings(db_busy_timeout_ms=4321, db_cache_size_kib=2048))
     await database.open()
     yield database
     await database.close()
@@ -147,7 +148,7 @@ async def test_concurrent_writes_through_one_database(db: Database) -> None:
 
 async def test_two_databases_on_one_file_do_not_lock_each_other(db: Database, tmp_path: Path) -> None:
     """The gateway and a CLI run (backup, cleanup) share the file: writers wait their turn, none fails."""
-    other = Database(db.path, read_connections=1)
+    other = Database(db.path, DatabaseSettings(db_read_connections=1))
     await other.open()
     try:
 

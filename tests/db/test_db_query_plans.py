@@ -122,8 +122,9 @@ async def test_unfiltered_listing_uses_start_time(db: RecordingDatabase) -> None
 
 @pytest.mark.parametrize("status", ["COMPLETED", "CANCELLED", "FAULTED"])
 async def test_listing_by_status_uses_status_start(db: RecordingDatabase, status: str) -> None:
+    query = ListQuery.model_validate({"status": status})
     steps = await assert_uses(
-        db, lambda: store.list_sessions(db, ADMIN, ListQuery(status=status), secret=SECRET), "idx_sessions_status_start"
+        db, lambda: store.list_sessions(db, ADMIN, query, secret=SECRET), "idx_sessions_status_start"
     )
     assert not any("TEMP B-TREE" in s for s in steps)
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.db import Database, legacy, schema
+from service.db import Database, ddl, legacy, legacy_rows, migrations
 
 COLUMNS = (
     "session_id",
@@ -28,14 +28,14 @@ COLUMNS = (
     "created_at",
     "updated_at",
 )
-LEGACY_DDL = legacy.LEGACY_SESSIONS_DDL
+LEGACY_DDL = ddl.LEGACY_SESSIONS_DDL
 LEGACY_INSERT = "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # The legacy gateway's own indexes: their names collide with the new schema's.
 LEGACY_INDEXES = (
     "CREATE INDEX idx_sessions_start_time ON sessions (start_time)",
     "CREATE INDEX idx_sessions_status ON sessions (status)",
 )
-NEW_INDEXES = {ddl.split()[2] for ddl in schema.INDEXES}
+NEW_INDEXES = {statement.split()[2] for statement in ddl.INDEXES}
 STATUSES = "ACTIVE, CANCELLED, COMPLETED, FAULTED"
 
 Row = tuple[Any, ...]
@@ -88,7 +88,7 @@ def connect(path: Path) -> sqlite3.Connection:
 def dump(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
-        return [*conn.iterdump(), f"user_version={schema.current_version(conn)}"]
+        return [*conn.iterdump(), f"user_version={migrations.current_version(conn)}"]
     finally:
         conn.close()
 
@@ -201,9 +201,9 @@ EXPECTED_EVENTS = [
 ]
 
 EXPECTED_FIXUPS = [
-    legacy.FixUp("space-faulted", "ended session had no end_state; used its last known state 7"),
-    legacy.FixUp("bad-metadata", 'metadata was not a JSON object; kept as {"legacy_metadata": <raw text>}'),
-    legacy.FixUp("list-metadata", 'metadata was not a JSON object; kept as {"legacy_metadata": <raw text>}'),
+    legacy_rows.FixUp("space-faulted", "ended session had no end_state; used its last known state 7"),
+    legacy_rows.FixUp("bad-metadata", 'metadata was not a JSON object; kept as {"legacy_metadata": <raw text>}'),
+    legacy_rows.FixUp("list-metadata", 'metadata was not a JSON object; kept as {"legacy_metadata": <raw text>}'),
 ]
 
 ENDED = {"end_time": "2024-03-01T11:00:00", "end_state": 1, "status": "COMPLETED"}
@@ -302,7 +302,7 @@ def legacy_path(tmp_path: Path) -> Path:
 
 def assert_migrated(conn: sqlite3.Connection) -> None:
     """Every converted value, the events, the backup and the rejected rows of the reference database."""
-    assert schema.current_version(conn) == schema.SCHEMA_VERSION
+    assert migrations.current_version(conn) == migrations.SCHEMA_VERSION
     assert tables(conn) >= {"sessions", "session_events", "sessions_legacy_backup", "legacy_rejected"}
     assert conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall() == EXPECTED_SESSIONS
     events = conn.execute("SELECT session_id, event_type, timestamp, event_data FROM session_events ORDER BY id")
@@ -329,7 +329,7 @@ def assert_migrated(conn: sqlite3.Connection) -> None:
 def run_migrate(path: Path) -> list[str]:
     conn = connect(path)
     try:
-        return schema.migrate(conn)
+        return migrations.migrate(conn)
     finally:
         conn.close()
 
@@ -342,7 +342,7 @@ def test_is_legacy(tmp_path: Path, legacy_path: Path) -> None:
 
     fresh = connect(tmp_path / "fresh.db")
     assert not legacy.is_legacy(fresh)  # empty database
-    schema._v1(fresh)
+    migrations.migrate(fresh)
     assert not legacy.is_legacy(fresh)  # the new schema
     fresh.close()
 
@@ -392,10 +392,10 @@ async def test_database_open_migrates_legacy_database(legacy_path: Path) -> None
 
 
 def test_schema_migrate_with_sqlite3_and_report(legacy_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reports: list[legacy.LegacyReport] = []
+    reports: list[legacy_rows.LegacyReport] = []
     real = legacy.migrate_legacy
 
-    def spy(conn: sqlite3.Connection) -> legacy.LegacyReport:
+    def spy(conn: sqlite3.Connection) -> legacy_rows.LegacyReport:
         reports.append(real(conn))
         return reports[-1]
 
@@ -407,7 +407,7 @@ def test_schema_migrate_with_sqlite3_and_report(legacy_path: Path, monkeypatch: 
     assert report.legacy_rows == len(GOOD_ROWS) + len(BAD_ROWS)
     assert report.migrated_sessions == len(GOOD_ROWS)
     assert report.migrated_events == len(EXPECTED_EVENTS)
-    assert report.rejected == [legacy.RejectedRow(sid, reason) for _, sid, reason in BAD_ROWS]
+    assert report.rejected == [legacy_rows.RejectedRow(sid, reason) for _, sid, reason in BAD_ROWS]
     assert report.backup_table == "sessions_legacy_backup"
     assert report.rejected_table == "legacy_rejected"
     assert report.dropped_indexes == ["idx_sessions_start_time", "idx_sessions_status"]
@@ -428,7 +428,7 @@ def test_legacy_connection_with_default_isolation_level(legacy_path: Path) -> No
     """The CLI might hand over a plain ``sqlite3.connect()`` connection (legacy transaction control)."""
     conn = sqlite3.connect(legacy_path)
     try:
-        assert len(schema.migrate(conn)) == 1
+        assert len(migrations.migrate(conn)) == 1
     finally:
         conn.close()
     conn = connect(legacy_path)
@@ -444,7 +444,7 @@ def test_empty_legacy_table(tmp_path: Path) -> None:
     assert summary.startswith("migrated legacy database: 0 legacy rows -> 0 sessions with 0 events")
     conn = connect(path)
     assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
-    assert schema.current_version(conn) == schema.SCHEMA_VERSION
+    assert migrations.current_version(conn) == migrations.SCHEMA_VERSION
     conn.close()
 
 
@@ -509,7 +509,7 @@ def test_minimal_legacy_table_without_primary_key(tmp_path: Path) -> None:
 
 def test_row_refused_by_sqlite_is_rejected_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Safety net: a row the Python checks let through but a CHECK refuses is rejected; the batch still lands."""
-    monkeypatch.setattr(legacy, "VALID_STATUSES", legacy.VALID_STATUSES | {"PAUSED"})
+    monkeypatch.setattr(legacy_rows, "VALID_STATUSES", legacy_rows.VALID_STATUSES | {"PAUSED"})
     rows = [
         GOOD_ROWS[0],
         legacy_row("paused", **{**ENDED, "status": "PAUSED"}, events=[event("SESSION_STARTED", "2024-03-01T10:00:00")]),
@@ -548,7 +548,7 @@ def assert_untouched(path: Path, before: list[str]) -> None:
     conn = connect(path)
     try:
         assert tables(conn) == {"sessions"}
-        assert schema.current_version(conn) == 0
+        assert migrations.current_version(conn) == 0
         assert legacy.is_legacy(conn)
     finally:
         conn.close()
@@ -556,7 +556,7 @@ def assert_untouched(path: Path, before: list[str]) -> None:
 
 def failing_convert(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     """Make the conversion blow up on row ``after + 1``, once earlier batches were already inserted."""
-    real = legacy._convert_row
+    real = legacy_rows.convert_row
     calls = iter(range(10**6))
 
     def convert(row: Any) -> Any:
@@ -565,21 +565,16 @@ def failing_convert(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
         return real(row)
 
     monkeypatch.setattr(legacy, "BATCH_ROWS", 2)
-    monkeypatch.setattr(legacy, "_convert_row", convert)
+    monkeypatch.setattr(legacy_rows, "convert_row", convert)
 
 
 def dropping_events(monkeypatch: pytest.MonkeyPatch) -> None:
     """Create the schema plus a trigger that silently loses every event: verification must catch it."""
-    real = schema._v1
-
-    def v1(conn: sqlite3.Connection) -> None:
-        real(conn)
-        conn.execute(
-            "CREATE TRIGGER lose_events AFTER INSERT ON session_events BEGIN"
-            " DELETE FROM session_events WHERE id = NEW.id; END"
-        )
-
-    monkeypatch.setattr(schema, "_v1", v1)
+    lose_events = (
+        "CREATE TRIGGER lose_events AFTER INSERT ON session_events BEGIN"
+        " DELETE FROM session_events WHERE id = NEW.id; END"
+    )
+    monkeypatch.setattr(ddl, "V1", (*ddl.V1, lose_events))
 
 
 def test_failure_mid_way_leaves_file_byte_for_byte_untouched(
@@ -719,7 +714,7 @@ def test_100k_row_legacy_database(tmp_path: Path) -> None:
     ],
 )
 def test_parse_legacy_timestamp_examples(text: str | None, expected: int | None) -> None:
-    assert legacy.parse_legacy_timestamp(text) == expected
+    assert legacy_rows.parse_legacy_timestamp(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -745,7 +740,7 @@ def test_parse_legacy_timestamp_examples(text: str | None, expected: int | None)
 )
 def test_parse_legacy_timestamp_rejects_garbage(garbage: object) -> None:
     with pytest.raises(ValueError, match="not an ISO-8601 timestamp"):
-        legacy.parse_legacy_timestamp(garbage)
+        legacy_rows.parse_legacy_timestamp(garbage)
 
 
 def expected_ms(moment: datetime) -> int:
@@ -778,7 +773,7 @@ def test_parse_round_trips_isoformat(moment: datetime, sep: str, timespec: str, 
     unit = TIMESPECS[timespec]
     if unit is not None:
         moment = moment.replace(microsecond=moment.microsecond // unit * unit)
-    assert legacy.parse_legacy_timestamp(text) == expected_ms(moment)
+    assert legacy_rows.parse_legacy_timestamp(text) == expected_ms(moment)
 
 
 @settings(database=None)
@@ -787,19 +782,19 @@ def test_parse_round_trips_isoformat(moment: datetime, sep: str, timespec: str, 
     minutes=st.integers(-(23 * 60 + 59), 23 * 60 + 59),
 )
 def test_parse_naive_is_utc_and_offsets_shift(moment: datetime, minutes: int) -> None:
-    naive = legacy.parse_legacy_timestamp(moment.isoformat())
+    naive = legacy_rows.parse_legacy_timestamp(moment.isoformat())
     assert naive is not None
-    assert naive == legacy.parse_legacy_timestamp(moment.isoformat() + "Z")
-    assert naive == legacy.parse_legacy_timestamp(moment.isoformat(sep=" ") + "+00:00")
+    assert naive == legacy_rows.parse_legacy_timestamp(moment.isoformat() + "Z")
+    assert naive == legacy_rows.parse_legacy_timestamp(moment.isoformat(sep=" ") + "+00:00")
     aware = moment.replace(tzinfo=timezone(timedelta(minutes=minutes)))
-    assert legacy.parse_legacy_timestamp(aware.isoformat()) == naive - minutes * 60_000
+    assert legacy_rows.parse_legacy_timestamp(aware.isoformat()) == naive - minutes * 60_000
 
 
 @settings(database=None)
 @given(text=st.text(max_size=40))
 def test_parse_never_fails_other_than_value_error(text: str) -> None:
     try:
-        result = legacy.parse_legacy_timestamp(text)
+        result = legacy_rows.parse_legacy_timestamp(text)
     except ValueError:
         return
     assert result is None or isinstance(result, int)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from service.auth import Principal
 from service.db import Database
 from service.sessions import store
-from service.sessions.models import EventCreate, ListQuery, SessionCreate, SessionEnd, SessionPatch
+from service.sessions.models import EventCreate, ListQuery, RagSettings, SessionCreate, SessionEnd, SessionPatch
 from service.timeutil import iso
 
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
@@ -57,7 +57,7 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
             description="line\nbreak\ttab",
             start_state=3,
             metadata={"nested": {"a": [1, 2.5, None, True, {"b": "c"}]}, "empty": {}, "big": 2**53, "f": 0.1},
-            rag_settings={"top_k": 7, "use_rerank": True, "min_score": 0.25},
+            rag_settings=RagSettings(top_k=7, use_rerank=True, min_score=0.25),
         ),
         max_metadata_bytes=limit,
     )

@@ -5,24 +5,28 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx
 
+from service.settings import Settings
+from support.inprocess import InProcessServer
 from support.servers import ServerThread, auth
 
 T = TypeVar("T")
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
-def db_path(server: ServerThread) -> str:
-    """The database file of a gateway started by ``make_gateway``."""
-    return str(server.server.config.app.state.settings.database_path)
+def settings_of(server: ServerThread | InProcessServer) -> Settings:
+    """The settings of a gateway started by ``make_gateway`` or ``make_app_gateway``."""
+    settings: Settings = server.app.state.settings
+    return settings
 
 
-def settings_of(server: ServerThread) -> Any:
-    return server.server.config.app.state.settings
+def db_path(server: ServerThread | InProcessServer) -> str:
+    """The database file of a gateway started by ``make_gateway`` or ``make_app_gateway``."""
+    return str(settings_of(server).database_path)
 
 
 def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -31,7 +35,7 @@ def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[st
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert set(body) == {"error"}, body
-    error = body["error"]
+    error: dict[str, Any] = body["error"]
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
@@ -56,39 +60,35 @@ async def end(client: httpx.AsyncClient, sid: str, role: str = "teacher", **body
     return data
 
 
-async def all_events(client: httpx.AsyncClient, sid: str, role: str = "admin") -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
+async def pages(
+    client: httpx.AsyncClient, path: str, role: str = "admin", limit: int = 500, **params: Any
+) -> AsyncIterator[dict[str, Any]]:
+    """Each page of a keyset-paginated listing (``/sessions``, ``/sessions/{id}/events``), following
+    ``next_cursor`` to the end; every page is asserted to be a 200."""
     cursor = None
     while True:
-        params: dict[str, Any] = {"limit": 500}
+        query: dict[str, Any] = {"limit": limit, **params}
         if cursor:
-            params["cursor"] = cursor
-        r = await client.get(f"/sessions/{sid}/events", params=params, headers=auth(role))
+            query["cursor"] = cursor
+        r = await client.get(path, params=query, headers=auth(role))
         assert r.status_code == 200, r.text
-        page = r.json()
-        events.extend(page["events"])
+        page: dict[str, Any] = r.json()
+        yield page
         cursor = page["next_cursor"]
         if not cursor:
-            return events
+            return
+
+
+async def all_events(client: httpx.AsyncClient, sid: str, role: str = "admin") -> list[dict[str, Any]]:
+    """Every event of the session, oldest first."""
+    return [e async for page in pages(client, f"/sessions/{sid}/events", role) for e in page["events"]]
 
 
 async def walk_sessions(
     client: httpx.AsyncClient, role: str = "admin", limit: int = 500, **filters: Any
 ) -> list[dict[str, Any]]:
     """Every session the role sees, by following ``next_cursor`` to the end."""
-    out: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": limit, **filters}
-        if cursor:
-            params["cursor"] = cursor
-        r = await client.get("/sessions", params=params, headers=auth(role))
-        assert r.status_code == 200, r.text
-        page = r.json()
-        out.extend(page["sessions"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return out
+    return [s async for page in pages(client, "/sessions", role, limit, **filters) for s in page["sessions"]]
 
 
 def _snapshot(path: str) -> Snapshot:

@@ -16,8 +16,8 @@ import pytest
 from blockbuster import BlockBuster
 
 from service.downstream import Downstream
+from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth, gateway_settings
-from tests.conftest import GatewayFactory
 
 DOC = """# Photosynthesis
 
@@ -46,15 +46,23 @@ def httpcore_lazy_import(blockbuster: BlockBuster) -> None:
 
 @dataclass
 class Faulty:
-    server: ServerThread
+    server: InProcessServer
     downstream: Downstream
     devstack: ServerThread
 
 
+async def start_faulty(
+    make_app_gateway: AppGatewayFactory, tmp_path: Path, devstack: ServerThread, **overrides: Any
+) -> Faulty:
+    """A gateway whose Downstream the test keeps (built off the loop: it loads CA certificates)."""
+    downstream = await asyncio.to_thread(Downstream, gateway_settings(tmp_path, devstack.url, **overrides))
+    return Faulty(await make_app_gateway(downstream=downstream, **overrides), downstream, devstack)
+
+
 @pytest.fixture
-def faulty(
+async def faulty(
     request: pytest.FixtureRequest,
-    make_gateway: GatewayFactory,
+    make_app_gateway: AppGatewayFactory,
     tmp_path: Path,
     devstack: ServerThread,
     reset_devstack: None,
@@ -66,13 +74,12 @@ def faulty(
         "http_connect_timeout_s": CONNECT_TIMEOUT_S,
         "http_transport": getattr(request, "param", "aiohttp"),
     }
-    downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
-    return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
+    return await start_faulty(make_app_gateway, tmp_path, devstack, **overrides)
 
 
 @pytest.fixture
 async def client(faulty: Faulty) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=faulty.server.url, timeout=30) as c:
+    async with faulty.server.client(timeout=30) as c:
         yield c
 
 
@@ -266,14 +273,15 @@ async def test_upload_fault(
 
 # -- connection refused ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def unreachable_rag(make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread, closed_port: str) -> Faulty:
+async def unreachable_rag(
+    make_app_gateway: AppGatewayFactory, tmp_path: Path, devstack: ServerThread, closed_port: str
+) -> Faulty:
     overrides = {"rag_service_url": closed_port, "question_service_url": closed_port}
-    downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
-    return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
+    return await start_faulty(make_app_gateway, tmp_path, devstack, **overrides)
 
 
 async def test_rag_and_question_services_unreachable(unreachable_rag: Faulty, closed_port: str) -> None:
-    async with httpx.AsyncClient(base_url=unreachable_rag.server.url, timeout=30) as client:
+    async with unreachable_rag.server.client(timeout=30) as client:
         r = await client.post("/sessions", json={"name": "Refused"}, headers=auth("teacher"))
         assert r.status_code == 201  # sessions need only the auth service
         sid = r.json()["session_id"]
@@ -311,12 +319,13 @@ async def test_rag_and_question_services_unreachable(unreachable_rag: Faulty, cl
 
 
 @pytest.fixture
-def unreachable_all(make_gateway: GatewayFactory, closed_port: str) -> ServerThread:
-    return make_gateway(auth_service_url=closed_port, rag_service_url=closed_port, question_service_url=closed_port)
+async def unreachable_all(make_app_gateway: AppGatewayFactory, closed_port: str) -> InProcessServer:
+    urls = {"auth_service_url": closed_port, "rag_service_url": closed_port, "question_service_url": closed_port}
+    return await make_app_gateway(**urls)
 
 
-async def test_auth_service_unreachable(unreachable_all: ServerThread) -> None:
-    async with httpx.AsyncClient(base_url=unreachable_all.url, timeout=30) as client:
+async def test_auth_service_unreachable(unreachable_all: InProcessServer) -> None:
+    async with unreachable_all.client(timeout=30) as client:
         for method, path in (("GET", "/profile"), ("POST", "/rag/query"), ("GET", "/sessions")):
             started = time.perf_counter()
             r = await client.request(method, path, json={"session_id": "s", "query": "q"}, headers=auth("teacher"))
@@ -329,14 +338,15 @@ async def test_auth_service_unreachable(unreachable_all: ServerThread) -> None:
 
 # -- overload, and a storm of mixed faults -------------------------------------------------------------------------
 @pytest.fixture
-def bounded(make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread, reset_devstack: None) -> Faulty:
+async def bounded(
+    make_app_gateway: AppGatewayFactory, tmp_path: Path, devstack: ServerThread, reset_devstack: None
+) -> Faulty:
     overrides = {"downstream_max_concurrency": 2, "http_pool_timeout_s": 0.1}
-    downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
-    return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
+    return await start_faulty(make_app_gateway, tmp_path, devstack, **overrides)
 
 
 async def test_concurrency_bound_turns_overload_into_fast_503(bounded: Faulty, control: httpx.AsyncClient) -> None:
-    async with httpx.AsyncClient(base_url=bounded.server.url, timeout=30) as client:
+    async with bounded.server.client(timeout=30) as client:
         sid = await new_session_with_docs(client)
         await set_fault(control, latency_ms=1000, fault_paths=["/query"])
 
@@ -362,9 +372,9 @@ async def test_concurrency_bound_turns_overload_into_fast_503(bounded: Faulty, c
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
-def tiny_pool(
+async def tiny_pool(
     request: pytest.FixtureRequest,
-    make_gateway: GatewayFactory,
+    make_app_gateway: AppGatewayFactory,
     tmp_path: Path,
     devstack: ServerThread,
     reset_devstack: None,
@@ -377,12 +387,11 @@ def tiny_pool(
         "downstream_max_concurrency": 50,
         "http_transport": request.param,
     }
-    downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
-    return Faulty(make_gateway(downstream=downstream, **overrides), downstream, devstack)
+    return await start_faulty(make_app_gateway, tmp_path, devstack, **overrides)
 
 
 async def test_exhausted_connection_pool_is_503(tiny_pool: Faulty, control: httpx.AsyncClient) -> None:
-    async with httpx.AsyncClient(base_url=tiny_pool.server.url, timeout=30) as client:
+    async with tiny_pool.server.client(timeout=30) as client:
         sid = await new_session_with_docs(client)
         await set_fault(control, latency_ms=2000, fault_paths=["/query"])
 

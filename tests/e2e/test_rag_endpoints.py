@@ -1,4 +1,5 @@
-"""Every RAG endpoint end to end against the real reference downstream (both servers real uvicorn).
+"""Every RAG endpoint end to end against the real reference downstream (a real uvicorn server; the gateway
+runs in-process).
 
 The gateway's shared client runs over a recording transport wrapped around the real one, so each test can
 check exactly what reached the downstream (settings precedence, request id) and, where a test needs it, make
@@ -7,6 +8,7 @@ single requests fail (partial upload failure).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -20,8 +22,8 @@ import pytest
 from service.downstream import Downstream
 from service.downstream.client import build_transport
 from service.rag.precedence import QUERY_KEYS
+from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth, gateway_settings
-from tests.conftest import GatewayFactory
 
 DOC = """# Photosynthesis
 
@@ -73,21 +75,22 @@ class Recorder(httpx.AsyncBaseTransport):
 
 @dataclass
 class Gateway:
-    server: ServerThread
+    server: InProcessServer
     downstream: Downstream
     recorder: Recorder
 
 
 @pytest.fixture
-def gw(make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread) -> Gateway:
+async def gw(make_app_gateway: AppGatewayFactory, tmp_path: Path, devstack: ServerThread) -> Gateway:
     settings = gateway_settings(tmp_path, devstack.url)
-    recorder = Recorder(build_transport(settings))
+    # building a transport loads CA certificates from disk: off the loop, as the app's lifespan does
+    recorder = Recorder(await asyncio.to_thread(build_transport, settings))
     downstream = Downstream(settings, transport=recorder)
-    return Gateway(make_gateway(downstream=downstream), downstream, recorder)
+    return Gateway(await make_app_gateway(downstream=downstream), downstream, recorder)
 
 
 @pytest.fixture
-def gateway(gw: Gateway) -> ServerThread:
+def gateway(gw: Gateway) -> InProcessServer:
     """Overrides the shared fixture: ``client`` talks to the recorded gateway."""
     return gw.server
 
@@ -354,12 +357,12 @@ async def test_query_settings_precedence(client: httpx.AsyncClient, gw: Gateway)
 
 
 @pytest.fixture
-def custom_defaults(make_gateway: GatewayFactory) -> ServerThread:
-    return make_gateway(rag_default_top_k=1, rag_default_chain_type="refine", rag_default_model="svc-model")
+async def custom_defaults(make_app_gateway: AppGatewayFactory) -> InProcessServer:
+    return await make_app_gateway(rag_default_top_k=1, rag_default_chain_type="refine", rag_default_model="svc-model")
 
 
-async def test_query_without_stored_settings_uses_service_defaults(custom_defaults: ServerThread) -> None:
-    async with httpx.AsyncClient(base_url=custom_defaults.url, timeout=30) as client:
+async def test_query_without_stored_settings_uses_service_defaults(custom_defaults: InProcessServer) -> None:
+    async with custom_defaults.client(timeout=30) as client:
         sid = await new_session(client)
         assert (await upload(client, sid, ("bio.md", DOC, "text/markdown"))).is_success
         r = await query(client, sid)
@@ -474,13 +477,13 @@ async def test_ended_session_refuses_rag_actions(client: httpx.AsyncClient, gw: 
 
 # -- upload limits ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def small_gateway(make_gateway: GatewayFactory) -> ServerThread:
-    return make_gateway(max_upload_bytes=1000, max_upload_files=3)
+async def small_gateway(make_app_gateway: AppGatewayFactory) -> InProcessServer:
+    return await make_app_gateway(max_upload_bytes=1000, max_upload_files=3)
 
 
 @pytest.fixture
-async def small(small_gateway: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=small_gateway.url, timeout=30) as c:
+async def small(small_gateway: InProcessServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with small_gateway.client(timeout=30) as c:
         yield c
 
 

@@ -15,8 +15,7 @@ import pytest
 from blockbuster import BlockBuster
 
 from service.downstream import Downstream
-from support.servers import ServerThread, auth, gateway_settings
-from tests.conftest import GatewayFactory
+from support.servers import GatewayFactory, ServerThread, auth, gateway_settings
 
 QUERIES = 500
 SESSIONS = 5

@@ -5,22 +5,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import httpx
 from sessions_kit import all_events, bounded_gather, create, db_path, sql, walk_sessions
 
-from support.servers import ServerThread, auth
+from support.inprocess import InProcessServer
+from support.servers import auth
 
 FLOWS = 200
 HOT_WRITERS = 60
 IN_FLIGHT = 48
 
 
-async def test_concurrent_creates_events_and_patches(gateway: ServerThread) -> None:
-    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+async def test_concurrent_creates_events_and_patches(gateway: InProcessServer) -> None:
     responses: list[httpx.Response] = []
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as client:
+    async with gateway.client(timeout=60) as client:
         hot = (await create(client, name="hot", start_state=0))["session_id"]
         slots = asyncio.Semaphore(IN_FLIGHT)
 
@@ -77,7 +78,7 @@ async def test_concurrent_creates_events_and_patches(gateway: ServerThread) -> N
         full = await bounded_gather(
             IN_FLIGHT,
             [
-                lambda sid=sid: client.get(f"/sessions/{sid}", params={"include": "events"}, headers=auth("admin"))
+                partial(client.get, f"/sessions/{sid}", params={"include": "events"}, headers=auth("admin"))
                 for sid in sids
             ],
         )

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from sessions_kit import create, db_path, error_of, snapshot, start_gateway
+from sessions_kit import create, db_path, error_of, settings_of, snapshot, start_gateway
 
+from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 
-NESTED_17 = {"a": {}}
+NESTED_17: dict[str, Any] = {"a": {}}
 for _ in range(15):
     NESTED_17 = {"a": NESTED_17}
 
@@ -25,8 +26,8 @@ def nested(depth: int) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
-async def test_rejections_leave_database_unchanged(client: httpx.AsyncClient, gateway: ServerThread) -> None:
-    settings = gateway.server.config.app.state.settings
+async def test_rejections_leave_database_unchanged(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
+    settings = settings_of(gateway)
     sid = (await create(client, metadata={"k": 1}))["session_id"]
     path = db_path(gateway)
     before = await snapshot(path)
@@ -166,10 +167,10 @@ async def test_body_over_max_body_bytes(make_gateway: Any) -> None:
         assert r.status_code == 201, r.text
 
 
-async def test_metadata_bound_applies_to_the_merged_object(make_gateway: Any) -> None:
-    gw = await start_gateway(make_gateway, max_metadata_bytes=1024)
+async def test_metadata_bound_applies_to_the_merged_object(make_app_gateway: AppGatewayFactory) -> None:
+    gw = await make_app_gateway(max_metadata_bytes=1024)
     path = db_path(gw)
-    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
+    async with gw.client(timeout=30) as c:
         sid = (await create(c, metadata={"a": "x" * 400}))["session_id"]
         r = await c.patch(f"/sessions/{sid}", json={"metadata": {"b": "y" * 400}}, headers=auth("teacher"))
         assert r.status_code == 200, r.text

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sessions_kit import bounded_gather, create, db_path, end, error_of, snapshot, sql
+from sessions_kit import bounded_gather, create, db_path, end, error_of, settings_of, snapshot, sql
 
+from support.inprocess import InProcessServer
 from support.servers import ServerThread, auth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,14 +59,14 @@ async def populate(client: httpx.AsyncClient, n: int = 12) -> list[str]:
     return sids
 
 
-async def test_backup_endpoint(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+async def test_backup_endpoint(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
     await populate(client)
     r = await client.post("/admin/backup", headers=auth("admin"))
     assert r.status_code == 201, r.text
     out = r.json()
     assert set(out) == {"path", "bytes", "pages", "seconds"}
     backup = out["path"]
-    settings = gateway.server.config.app.state.settings
+    settings = settings_of(gateway)
     assert Path(backup).parent == Path(settings.backup_dir)
     assert Path(backup).name.startswith("sessions-") and backup.endswith(".db")
     assert out["bytes"] > 0 and out["pages"] > 0
@@ -81,7 +82,7 @@ async def test_backup_endpoint(client: httpx.AsyncClient, gateway: ServerThread)
     assert r2.status_code == 201 and r2.json()["path"] != backup
 
 
-async def test_backup_during_writes_is_consistent(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+async def test_backup_during_writes_is_consistent(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
     await populate(client, 6)
     stop = asyncio.Event()
 
@@ -110,7 +111,7 @@ async def test_backup_during_writes_is_consistent(client: httpx.AsyncClient, gat
         assert started == {s[0] for s in sessions}
 
 
-async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
     path = db_path(gateway)
     active = [s["session_id"] for s in await bounded_gather(8, [lambda: create(client) for _ in range(5)])]
     ended = []
@@ -160,14 +161,14 @@ async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, 
 
 def seed_db(path: Path) -> None:
     """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old)."""
-    from service.db import schema
+    from service.db import migrations
 
     now = int(time.time() * 1000)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
-        schema.migrate(conn)
+        migrations.migrate(conn)
         specs = [
             ("old1", "COMPLETED", now - 40 * DAY_MS, now - 39 * DAY_MS),
             ("old2", "FAULTED", now - 20 * DAY_MS, now - 19 * DAY_MS),
@@ -272,9 +273,9 @@ def test_cli_backup_of_a_live_database(make_gateway: Any, tmp_path: Path) -> Non
             sids.append(r.json()["session_id"])
         c.post(f"/sessions/{sids[0]}/end", json={"end_state": 3}, headers=auth("teacher"))
         dest = tmp_path / "cli-backups"
-        r = cli("backup", "--dest", str(dest), env={"DATABASE_PATH": db_path(gw)})
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout)
+        done = cli("backup", "--dest", str(dest), env={"DATABASE_PATH": db_path(gw)})
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
         assert Path(out["path"]).parent == dest and Path(out["path"]).exists()
         sessions, events, check = rows(out["path"])
         assert check == "ok"
@@ -284,9 +285,9 @@ def test_cli_backup_of_a_live_database(make_gateway: Any, tmp_path: Path) -> Non
         assert c.post("/sessions", json={"name": "after"}, headers=auth("teacher")).status_code == 201
     assert len(rows(out["path"])[0]) == 8
     # without --dest the backup goes to BACKUP_DIR
-    r = cli("backup", env={"DATABASE_PATH": db_path(gw), "BACKUP_DIR": str(tmp_path / "env-dir")})
-    assert r.returncode == 0, r.stderr
-    assert Path(json.loads(r.stdout)["path"]).parent == tmp_path / "env-dir"
+    done = cli("backup", env={"DATABASE_PATH": db_path(gw), "BACKUP_DIR": str(tmp_path / "env-dir")})
+    assert done.returncode == 0, done.stderr
+    assert Path(json.loads(done.stdout)["path"]).parent == tmp_path / "env-dir"
 
 
 def wal_bytes(path: str) -> int:

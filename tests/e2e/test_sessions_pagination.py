@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sessions_kit import bounded_gather, create, error_of, start_gateway, walk_sessions
+from sessions_kit import bounded_gather, create, error_of, pages, walk_sessions
 
+from service.db import migrations
+from service.sessions.domain import PAGE_SIZE_LIMIT
+from support.inprocess import AppGatewayFactory
 from support.servers import auth
 
 
 async def test_walk_is_complete_while_sessions_are_created(client: httpx.AsyncClient) -> None:
-    existing = await bounded_gather(16, [lambda i=i: create(client, name=f"s{i}") for i in range(60)])
+    existing = await bounded_gather(16, [partial(create, client, name=f"s{i}") for i in range(60)])
     expected = {s["session_id"] for s in existing}
     stop = asyncio.Event()
     created_during: list[str] = []
@@ -29,22 +34,14 @@ async def test_walk_is_complete_while_sessions_are_created(client: httpx.AsyncCl
 
     async def walk(role: str, limit: int, **filters: Any) -> list[str]:
         seen: list[str] = []
-        cursor = None
-        while True:
-            params: dict[str, Any] = {"limit": limit, **filters}
-            if cursor:
-                params["cursor"] = cursor
-            r = await client.get("/sessions", params=params, headers=auth(role))
-            assert r.status_code == 200, r.text
-            page = r.json()
+        async for page in pages(client, "/sessions", role, limit, **filters):
             assert len(page["sessions"]) <= limit
             seen.extend(s["session_id"] for s in page["sessions"])
             starts = [s["start_time_ms"] for s in page["sessions"]]
             assert starts == sorted(starts, reverse=True)
-            cursor = page["next_cursor"]
-            if not cursor:
-                return seen
-            await asyncio.sleep(0.005)  # let the writer interleave between pages
+            if page["next_cursor"]:
+                await asyncio.sleep(0.005)  # let the writer interleave between pages
+        return seen
 
     writers = [asyncio.create_task(writer()) for _ in range(2)]
     try:
@@ -108,14 +105,14 @@ async def test_cursor_tampering_is_refused(client: httpx.AsyncClient) -> None:
 
 
 async def test_cursor_from_another_gateway_is_refused(
-    make_gateway: Any, client: httpx.AsyncClient, tmp_path: Path
+    make_app_gateway: AppGatewayFactory, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     # each gateway signs with its own secret: a cursor is not portable to a differently keyed deployment
     for i in range(2):
         await create(client, name=f"s{i}")
     cursor = (await client.get("/sessions", params={"limit": 1}, headers=auth("admin"))).json()["next_cursor"]
-    other = await start_gateway(make_gateway, database_path=str(tmp_path / "other.db"))
-    async with httpx.AsyncClient(base_url=other.url) as c:
+    other = await make_app_gateway(database_path=str(tmp_path / "other.db"))
+    async with other.client() as c:
         await create(c)
         error_of(await c.get("/sessions", params={"cursor": cursor}, headers=auth("admin")), 400)
 
@@ -123,11 +120,68 @@ async def test_cursor_from_another_gateway_is_refused(
 async def test_limit_bounds(client: httpx.AsyncClient) -> None:
     for i in range(3):
         await create(client, name=f"s{i}")
-    for limit in (0, -1, 501, 10**30, "ten", 1.5):
+    for limit in (0, -1, PAGE_SIZE_LIMIT + 1, 10**30, "ten", 1.5):
         error_of(await client.get("/sessions", params={"limit": limit}, headers=auth("admin")), 422, "validation_error")
     r = await client.get("/sessions", params={"limit": 500}, headers=auth("admin"))
     assert r.status_code == 200 and len(r.json()["sessions"]) == 3 and r.json()["next_cursor"] is None
+    for limit in (501, PAGE_SIZE_LIMIT):  # beyond MAX_PAGE_SIZE (500 by default): clamped, and the page says so
+        r = await client.get("/sessions", params={"limit": limit}, headers=auth("admin"))
+        assert r.status_code == 200 and r.json()["limit"] == 500 and len(r.json()["sessions"]) == 3
     r = await client.get("/sessions", params={"limit": 3}, headers=auth("admin"))
     assert r.json()["next_cursor"] is None  # exactly a page: no empty page after it
     r = await client.get("/sessions", headers=auth("admin"))
     assert r.json()["limit"] == 50
+
+
+def seed(path: Path, sessions: int, events: int) -> None:
+    """A migrated file holding ``sessions`` ACTIVE sessions, the newest with ``events`` events (faster than POSTs)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrations.migrate(conn)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO sessions (session_id, user_id, start_time, start_state, current_state, status, metadata,"
+            " created_at, updated_at) VALUES (?, 'u-seed', ?, 0, 0, 'ACTIVE', '{\"name\": \"seeded\"}', ?, ?)",
+            [(f"s{i:05d}", 1_000 + i, 1_000 + i, 1_000 + i) for i in range(sessions)],
+        )
+        newest = f"s{sessions - 1:05d}"
+        conn.executemany(
+            "INSERT INTO session_events (session_id, event_type, timestamp) VALUES (?, 'E', ?)",
+            [(newest, 2_000 + i) for i in range(events)],
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_max_page_size_above_500_is_honoured(make_app_gateway: AppGatewayFactory, tmp_path: Path) -> None:
+    await asyncio.to_thread(seed, tmp_path / "gateway.db", 900, 900)  # the file make_app_gateway's gateway opens
+    gw = await make_app_gateway(max_page_size=1000)
+    async with gw.client() as c:
+        r = await c.get("/sessions", params={"limit": 800}, headers=auth("admin"))
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert (len(page["sessions"]), page["limit"]) == (800, 800) and page["next_cursor"]
+        rest = await c.get("/sessions", params={"limit": 800, "cursor": page["next_cursor"]}, headers=auth("admin"))
+        assert len(rest.json()["sessions"]) == 100 and rest.json()["next_cursor"] is None
+        r = await c.get("/sessions", params={"limit": 5000}, headers=auth("admin"))  # clamped to MAX_PAGE_SIZE
+        assert (len(r.json()["sessions"]), r.json()["limit"]) == (900, 1000)
+
+        events = "/sessions/s00899/events"
+        r = await c.get(events, params={"limit": 800}, headers=auth("admin"))
+        assert r.status_code == 200, r.text
+        assert (len(r.json()["events"]), r.json()["limit"]) == (800, 800) and r.json()["next_cursor"]
+        r = await c.get(events, params={"limit": 5000}, headers=auth("admin"))
+        assert (len(r.json()["events"]), r.json()["limit"]) == (900, 1000)
+
+        # the OpenAPI document states the bound the model really enforces, and says pages are clamped
+        doc = (await c.get("/openapi.json")).json()
+        for path in ("/sessions", "/sessions/{session_id}/events"):
+            [limit] = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "limit"]
+            assert limit["schema"]["maximum"] == PAGE_SIZE_LIMIT, limit
+            assert "MAX_PAGE_SIZE" in limit["schema"].get("description", "") + limit.get("description", "")
+
+    small = await make_app_gateway(max_page_size=100, database_path=str(tmp_path / "gateway.db"))
+    async with small.client() as c:
+        r = await c.get("/sessions", params={"limit": 800}, headers=auth("admin"))
+        assert (len(r.json()["sessions"]), r.json()["limit"]) == (100, 100)

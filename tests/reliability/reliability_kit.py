@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import random
 import resource
@@ -28,7 +27,7 @@ from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 # Gateway settings a developer or CI may have exported: never let them leak into a test's server.
-GATEWAY_ENV = frozenset(f.name.upper() for f in dataclasses.fields(Settings))
+GATEWAY_ENV = frozenset(name.upper() for name in Settings.model_fields)
 TRANSPORT_ERRORS = (httpx.TransportError,)
 
 

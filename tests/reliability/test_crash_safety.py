@@ -24,7 +24,7 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -335,12 +335,12 @@ async def test_sigkill_mid_load_loses_no_acknowledged_write(
 
 def test_the_audit_itself_flags_half_written_sessions(tmp_path: Path) -> None:
     """Guard against a vacuous audit: hand-made half-written rows must be reported."""
-    from service.db import schema
+    from service.db import migrations
 
     path = tmp_path / "bad.db"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        schema.migrate(conn)
+        migrations.migrate(conn)
         meta = json.dumps({"name": "x", "counters": {"query_count": 1}})
         rows = [  # (session_id, current_state, status, end_state, end_time)
             ("no-start-event", 0, "ACTIVE", None, None),
@@ -375,11 +375,14 @@ def test_the_audit_itself_flags_half_written_sessions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("setting", "level"), [("NORMAL", 1), ("FULL", 2)])
-async def test_db_synchronous_setting_reaches_every_connection(tmp_path: Path, setting: str, level: int) -> None:
+async def test_db_synchronous_setting_reaches_every_connection(
+    tmp_path: Path, setting: Literal["NORMAL", "FULL"], level: int
+) -> None:
     """DB_SYNCHRONOUS is applied to the writer (the connection whose commits it governs) and to the readers."""
     from service.db import Database
+    from service.settings import DatabaseSettings
 
-    db = Database(str(tmp_path / "sync.db"), synchronous=setting, read_connections=2)
+    db = Database(str(tmp_path / "sync.db"), DatabaseSettings(db_synchronous=setting, db_read_connections=2))
     await db.open()
     try:
         writer = await db.run_on_writer(

@@ -23,8 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
 from service.downstream import Downstream
-from service.settings import Settings
-from support.servers import ServerThread
+from support.servers import ServerThread, gateway_settings
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}
 CLIENTS = 20
@@ -79,13 +78,9 @@ async def test_gateway_survives_downstream_faults_under_load(tmp_path: Path) -> 
     gateway: ServerThread | None = None
     try:
         await ds.start()
-        settings = Settings(
-            database_path=str(tmp_path / "gateway.db"),
-            auth_service_url=ds.url,
-            rag_service_url=ds.url,
-            question_service_url=ds.url,
-            backup_dir=str(tmp_path / "backups"),
-            log_level="warning",
+        settings = gateway_settings(
+            tmp_path,
+            ds.url,
             http_connect_timeout_s=0.5,
             http_read_timeout_s=0.5,
             http_pool_timeout_s=1.0,

@@ -17,8 +17,7 @@ from reliability_kit import GatewayProcess, eventually, raise_nofile
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
 from service.app import create_app
-from service.settings import Settings
-from support.servers import ServerThread
+from support.servers import ServerThread, gateway_settings
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}
 BURST = 5000
@@ -36,16 +35,7 @@ def slow_devstack() -> Iterator[ServerThread]:
 async def test_past_max_in_flight_requests_are_shed_with_503_and_retry_after(
     tmp_path: Path, slow_devstack: ServerThread
 ) -> None:
-    settings = Settings(
-        database_path=str(tmp_path / "gateway.db"),
-        auth_service_url=slow_devstack.url,
-        rag_service_url=slow_devstack.url,
-        question_service_url=slow_devstack.url,
-        backup_dir=str(tmp_path / "backups"),
-        log_level="warning",
-        max_in_flight=20,
-        auth_cache_ttl_s=600,
-    )
+    settings = gateway_settings(tmp_path, slow_devstack.url, max_in_flight=20, auth_cache_ttl_s=600)
     gateway = ServerThread(create_app(settings)).start()
     try:
         limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)

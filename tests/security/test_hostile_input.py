@@ -313,11 +313,11 @@ def _cases() -> list[Hostile]:
         # -- negative, huge and mistyped numbers -------------------------------------------------------------
         *[
             Hostile(f"limit-sessions-{v!r}", "GET", "/sessions", 422, params={"limit": v})
-            for v in ("-1", "0", "501", str(10**30), "1e3", "abc", "", "0x10")
+            for v in ("-1", "0", "10001", str(10**30), "1e3", "abc", "", "0x10")
         ],
         *[
             Hostile(f"limit-events-{v!r}", "GET", "/sessions/{active}/events", 422, params={"limit": v})
-            for v in ("-1", "0", "501", str(10**30), "NaN")
+            for v in ("-1", "0", "10001", str(10**30), "NaN")
         ],
         *[
             Hostile(f"limit-time-filter-{k}", "GET", "/sessions", 422, params={k: v})

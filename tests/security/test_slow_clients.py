@@ -21,7 +21,7 @@ import pytest
 from security_kit import assert_no_leak, dump_db, security_settings
 
 from service.app import create_app
-from service.middleware import BODY_READ_TIMEOUT_S, RequestContext
+from service.settings import Settings
 from support.servers import ServerThread, auth
 
 TIMEOUT_S = 1.0  # the gateways below wait at most this long for the next piece of a body
@@ -29,12 +29,9 @@ STALL_BODY = b'{"name": "slow'  # the first bytes of a valid body; the rest neve
 
 
 def start_gateway(tmp: Path, downstream_url: str, **overrides: object) -> ServerThread:
-    """A gateway whose body-read timeout is ``TIMEOUT_S`` (set on the middleware before the app first runs)."""
-    app = create_app(security_settings(tmp, downstream_url, **overrides))
-    for middleware in app.user_middleware:
-        if middleware.cls is RequestContext:
-            middleware.kwargs["body_timeout_s"] = TIMEOUT_S
-    return ServerThread(app).start()
+    """A gateway whose body-read timeout is ``TIMEOUT_S``."""
+    settings = security_settings(tmp, downstream_url, body_read_timeout_s=TIMEOUT_S, **overrides)
+    return ServerThread(create_app(settings)).start()
 
 
 @pytest.fixture
@@ -85,7 +82,7 @@ def read_response(sock: socket.socket, timeout: float) -> tuple[int, dict[str, s
 
 
 def test_default_body_read_timeout_is_bounded() -> None:
-    assert 0 < BODY_READ_TIMEOUT_S <= 60
+    assert 0 < Settings().body_read_timeout_s <= 60
 
 
 def test_partial_body_gets_408_and_others_are_served_meanwhile(slow_gw: ServerThread, tmp_path: Path) -> None:

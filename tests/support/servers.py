@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class ServerThread:
     """Runs an ASGI app under uvicorn (uvloop + httptools, as in production) until ``stop()``."""
 
     def __init__(self, app: Any, *, loop: str = "uvloop", graceful_s: int = 5) -> None:
+        self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -85,3 +87,7 @@ class ServerThread:
         self.sock.close()
         if self.thread.is_alive():
             raise RuntimeError("server thread did not stop")
+
+
+GatewayFactory = Callable[..., ServerThread]
+"""``make_gateway``: settings overrides (and ``downstream=``) in, a started real server out."""

@@ -73,14 +73,14 @@ async def test_size_bound_evicts_least_recently_used(fake: FakeAuthService, down
         await auth.resolve(bearer(t))
     await auth.resolve(bearer("a"))  # a is now the most recently used
     await auth.resolve(bearer("d"))  # evicts b
-    assert len(auth) == 3
+    assert len(auth._cache) == 3
     fake.calls.clear()
     for t in ("a", "c", "d"):
         await auth.resolve(bearer(t))
     assert fake.calls == []
     await auth.resolve(bearer("b"))
     assert fake.calls == ["b"]
-    assert len(auth) == 3
+    assert len(auth._cache) == 3
 
 
 async def test_concurrent_misses_share_one_lookup(fake: FakeAuthService, downstream: Downstream) -> None:
@@ -114,7 +114,7 @@ async def test_failures_are_not_cached(fake: FakeAuthService, downstream: Downst
     fake.role = "parent"
     with pytest.raises(Forbidden):
         await auth.resolve(bearer("stranger"))
-    assert len(auth) == 1
+    assert len(auth._cache) == 1
 
 
 async def test_unreachable_auth_service_is_503() -> None:
@@ -128,7 +128,7 @@ async def test_unreachable_auth_service_is_503() -> None:
         with pytest.raises(ServiceUnavailable) as info:
             await auth.resolve(bearer("t"))
         assert info.value.status == 503 and info.value.headers.get("Retry-After") == "1"
-        assert len(auth) == 0
+        assert len(auth._cache) == 0
     finally:
         await ds.aclose()
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from service.rag.models import Chunking, ProcessForm, RagQueryRequest, ReprocessRequest
-from service.rag.precedence import QUERY_KEYS, STORED_KEYS, effective, merge_patch, service_defaults
+from service.rag.precedence import QUERY_KEYS, effective, service_defaults
+from service.sessions.models import QueryKnobs, RagSettings
 from service.settings import Settings
 
 DEFAULTS = service_defaults(Settings())
@@ -41,8 +42,9 @@ def test_service_defaults_follow_settings() -> None:
         "chain_type": "refine",
         "embedding_model": "e",
     }
-    assert set(service_defaults(custom)) == set(STORED_KEYS)
-    assert set(QUERY_KEYS) < set(STORED_KEYS)
+    # a default for every setting a session may store; a query overrides exactly its knobs
+    assert set(service_defaults(custom)) == set(RagSettings.model_fields)
+    assert set(QUERY_KEYS) == set(QueryKnobs.model_fields)
 
 
 def test_nothing_sent_uses_stored_then_defaults() -> None:
@@ -87,7 +89,7 @@ def test_a_value_present_but_not_marked_sent_is_ignored() -> None:
 
 
 _values = st.one_of(st.none(), st.integers(1, 50), st.text(min_size=1, max_size=5), st.booleans())
-_maps = st.dictionaries(st.sampled_from(STORED_KEYS), _values)
+_maps = st.dictionaries(st.sampled_from(sorted(DEFAULTS)), _values)
 
 
 @settings(database=None, max_examples=300)
@@ -103,36 +105,6 @@ def test_precedence_property(sent: dict[str, Any], extra_unsent: dict[str, Any],
             assert used[key] == stored[key]
         else:
             assert used[key] == DEFAULTS[key]
-
-
-# -- merge_patch (PATCH /sessions/{id}/rag-settings) -----------------------------------------------------------
-def test_merge_patch_replaces_adds_and_removes() -> None:
-    stored = {"top_k": 3, "model": "a", "use_rerank": True}
-    assert merge_patch(stored, {"top_k": 4, "model": None, "chain_type": "refine"}) == {
-        "top_k": 4,
-        "use_rerank": True,
-        "chain_type": "refine",
-    }
-    assert stored == {"top_k": 3, "model": "a", "use_rerank": True}  # input untouched
-
-
-def test_merge_patch_null_for_missing_key_and_empty_patch() -> None:
-    assert merge_patch({"top_k": 3}, {"model": None}) == {"top_k": 3}
-    assert merge_patch({"top_k": 3}, {}) == {"top_k": 3}
-    assert merge_patch({}, {"use_rerank": False}) == {"use_rerank": False}
-
-
-@settings(database=None, max_examples=300)
-@given(stored=_maps.map(lambda m: {k: v for k, v in m.items() if v is not None}), patch=_maps)
-def test_merge_patch_property(stored: dict[str, Any], patch: dict[str, Any]) -> None:
-    out = merge_patch(stored, patch)
-    for key in STORED_KEYS:
-        if key in patch:
-            assert out.get(key) == patch[key]
-            assert (key in out) == (patch[key] is not None)
-        else:
-            assert out.get(key) == stored.get(key)
-    assert None not in out.values()
 
 
 @pytest.mark.parametrize("model", [ReprocessRequest, ProcessForm])

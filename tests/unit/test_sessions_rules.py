@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from service.auth import Principal, bearer_token
-from service.errors import BadRequest, Forbidden, Unauthorized
+from service.errors import BadRequest, Unauthorized
 from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
@@ -151,13 +152,26 @@ def test_visibility_predicates() -> None:
     assert access.visible(TEACHER) == (" AND user_id = ?", ("t",))
     clause, params = access.visible(STUDENT)
     assert "status = 'ACTIVE'" in clause and "end_time IS NULL" in clause and params == ()
-    assert access.can_modify(ADMIN, "anyone")
-    assert access.can_modify(TEACHER, "t")
-    assert not access.can_modify(TEACHER, "other")
-    assert not access.can_modify(STUDENT, "s")
-    with pytest.raises(Forbidden):
-        access.require_creator(STUDENT)
-    access.require_creator(TEACHER)
+
+
+def test_visible_and_owned_rows() -> None:
+    """The predicates applied to real rows: what each role may see, and what it may change."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE sessions (session_id TEXT, user_id TEXT, status TEXT, end_time INTEGER)")
+    conn.executemany(
+        "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+        [("t-open", "t", "ACTIVE", None), ("t-done", "t", "COMPLETED", 5), ("o-open", "other", "ACTIVE", None)],
+    )
+
+    def ids(clause_params: tuple[str, tuple[str, ...]]) -> set[str]:
+        clause, params = clause_params
+        return {r[0] for r in conn.execute(f"SELECT session_id FROM sessions WHERE 1 = 1{clause}", params)}  # noqa: S608
+
+    everything = {"t-open", "t-done", "o-open"}
+    assert ids(access.visible(ADMIN)) == ids(access.owned(ADMIN)) == everything
+    assert ids(access.visible(TEACHER)) == ids(access.owned(TEACHER)) == {"t-open", "t-done"}
+    assert ids(access.visible(STUDENT)) == {"t-open", "o-open"}
+    assert ids(access.owned(STUDENT)) == set()
 
 
 @pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic abc", "Token abc", "Bearer " + "x" * 5000])

@@ -1,9 +1,11 @@
-"""Schema DDL and the ordered list of migrations; the version lives in ``PRAGMA user_version``."""
+"""SQLite's DDL: the statements of each schema version, and the legacy gateway's table. Data only.
 
-from __future__ import annotations
-
-import sqlite3
-from collections.abc import Callable
+SQLite dialect throughout (``WITHOUT ROWID``, ``json_valid``, partial indexes, ``AUTOINCREMENT``): another engine
+gets a module of its own. It imports nothing, so every module may import it without a cycle. A version's
+statements are history: once released they never change (a new version is a new migration step in
+``migrations.py``). The CHECKs spell the values of ``service.sessions.domain`` (statuses, states 0..8, event types
+of 1..64 characters); ``tests/db/test_db_constraints.py`` asserts they agree.
+"""
 
 SESSIONS_DDL = """
 CREATE TABLE sessions (
@@ -35,7 +37,7 @@ CREATE TABLE session_events (
 """
 
 # Each index names the query it exists for (tests check EXPLAIN QUERY PLAN uses it).
-INDEXES = [
+INDEXES = (
     # list, newest first, no filter
     "CREATE INDEX idx_sessions_start_time ON sessions (start_time DESC)",
     # counts by status (stats)
@@ -58,49 +60,23 @@ INDEXES = [
     "CREATE INDEX idx_events_timestamp ON session_events (timestamp DESC)",
     # stats: events per type
     "CREATE INDEX idx_events_type ON session_events (event_type)",
-]
+)
 
+# Schema v1, in order: what a fresh database and the legacy conversion both create.
+V1 = (SESSIONS_DDL, EVENTS_DDL, *INDEXES)
 
-def _v1(conn: sqlite3.Connection) -> None:
-    conn.execute(SESSIONS_DDL)
-    conn.execute(EVENTS_DDL)
-    for ddl in INDEXES:
-        conn.execute(ddl)
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def current_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Bring the schema to ``SCHEMA_VERSION`` in one transaction; a legacy database is converted first.
-
-    Runs on the writer's thread (never on the event loop). Returns what was done, for logs and the CLI.
-    """
-    from service.db import legacy
-
-    done: list[str] = []
-    version = current_version(conn)
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema v{version} is newer than this build (v{SCHEMA_VERSION})")
-    if version == SCHEMA_VERSION:
-        return done
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if version == 0 and legacy.is_legacy(conn):
-            done.append(legacy.migrate_legacy(conn).summary())
-            version = SCHEMA_VERSION
-        else:
-            for number in range(version, SCHEMA_VERSION):
-                MIGRATIONS[number](conn)
-                done.append(f"applied schema migration v{number + 1}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return done
+# The schema the legacy conversion reads: the gateway this service replaces created exactly this table.
+LEGACY_SESSIONS_DDL = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT PRIMARY KEY,
+    start_time  TEXT,
+    end_time    TEXT,
+    start_state INTEGER,
+    end_state   INTEGER,
+    status      TEXT,
+    events      TEXT,
+    metadata    TEXT,
+    created_at  TEXT,
+    updated_at  TEXT
+)
+"""

@@ -1,0 +1,139 @@
+"""Migrations on real files: several processes racing to migrate one fresh database, and the module layout."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import pytest
+
+from service.db import ddl, migrations
+
+PROCESSES = 4
+ROUNDS = 8
+Outcome = tuple[str, str, list[str] | str]  # (path, "ok" | "error", what migrate() reported | the error)
+
+
+def _race_worker(paths: list[str], barrier: Barrier, out: Connection) -> None:
+    """Migrate each path in turn, all processes released together by ``barrier`` (runs in a spawned process)."""
+    for path in paths:
+        # connected and configured like the service's writer before the barrier: the race is migrate() itself
+        conn = sqlite3.connect(path, isolation_level=None, timeout=20)  # busy timeout: losers wait for the lock
+        barrier.wait(timeout=60)
+        try:
+            out.send((path, "ok", migrations.migrate(conn)))
+        except Exception as exc:  # reported to the parent, which fails the test with it
+            out.send((path, "error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            conn.close()
+    out.close()
+
+
+def test_processes_racing_to_migrate_a_fresh_file_all_succeed_and_one_applies(tmp_path: Path) -> None:
+    """Each round: a file, ``PROCESSES`` processes calling migrate() at once; ``ROUNDS`` fresh files, 2 legacy."""
+    ctx = multiprocessing.get_context("spawn")
+    paths = [str(tmp_path / f"race-{n}.db") for n in range(ROUNDS)]
+    legacy_paths = [str(tmp_path / f"legacy-race-{n}.db") for n in range(2)]
+    for path in paths + legacy_paths:  # WAL up front, as the service's first open does (a mode switch locks)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        if path in legacy_paths:
+            conn.execute(ddl.LEGACY_SESSIONS_DDL)
+            conn.execute(
+                "INSERT INTO sessions (session_id, start_time, start_state, status)"
+                " VALUES ('s', '2024-01-01T00:00', 0, 'ACTIVE')"
+            )
+        conn.close()
+    paths += legacy_paths
+    barrier = ctx.Barrier(PROCESSES)
+    pipes = [ctx.Pipe(duplex=False) for _ in range(PROCESSES)]
+    workers = [ctx.Process(target=_race_worker, args=(paths, barrier, send)) for _, send in pipes]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    outcomes: list[Outcome] = []
+    try:
+        for receive, send in pipes:
+            send.close()
+            for _ in paths:
+                assert receive.poll(60), "a migrating process did not answer"
+                outcomes.append(receive.recv())
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    elapsed = time.monotonic() - started
+
+    errors = [o for o in outcomes if o[1] != "ok"]
+    assert not errors, f"{len(errors)} of {len(outcomes)} migrations failed, e.g. {errors[0]}"
+    for path in paths:
+        reports = [done for p, _, done in outcomes if p == path and isinstance(done, list)]
+        assert len(reports) == PROCESSES
+        assert sorted(reports, key=len)[:-1] == [[]] * (PROCESSES - 1), reports  # the losers: already current
+        [applied] = max(reports, key=len)
+        if path in legacy_paths:
+            assert applied.startswith("migrated legacy database: 1 legacy rows -> 1 sessions"), applied
+        else:
+            assert applied == "applied schema migration v1"
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
+            assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sessions'").fetchone()[0] == 1
+        finally:
+            conn.close()
+    assert elapsed < 60, f"the race took {elapsed:.1f}s"
+
+
+# -- layout: the DDL imports nothing, the pure legacy half no SQL, no module imports one that imports it back ----------
+ROOT = Path(__file__).resolve().parents[2]
+LAYOUT = (
+    "service.db.ddl",
+    "service.db.migrations",
+    "service.db.legacy",
+    "service.db.legacy_rows",
+    "service.db.database",
+    "service.sessions.domain",
+)
+
+
+def imports_of(module: str) -> set[str]:
+    """The modules ``module`` imports (``from a import b`` counts as both ``a`` and ``a.b``)."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_ddl_and_domain_import_nothing_and_legacy_rows_no_sql() -> None:
+    assert imports_of("service.db.ddl") == set()
+    assert imports_of("service.sessions.domain") <= {"typing", "typing.Final", "typing.Literal", "typing.get_args"}
+    rows = imports_of("service.db.legacy_rows")
+    assert "sqlite3" not in rows and not any(name.startswith("service.db") for name in rows), rows
+
+
+def test_no_import_cycle_among_the_db_modules() -> None:
+    graph = {module: {m for m in imports_of(module) if m in LAYOUT} for module in LAYOUT}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in graph[start])
+
+    assert [m for m in LAYOUT if reaches(m, m, set())] == [], graph
+
+
+@pytest.mark.parametrize("module", LAYOUT)
+def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
