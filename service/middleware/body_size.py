@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,19 +29,19 @@ class BodySizeLimitMiddleware:
         self.app = app
         self.limit_for = limit_for
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not ``async``: all the work is at request start, so hand on the inner app's coroutine and add no
+        # frame that every suspension of the request would have to pass through.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         limit = self.limit_for(scope["path"])
         length = body_length(scope)
         if length is None:
             receive = _bounded(receive, limit)
         elif length > limit:
-            await PayloadTooLarge(too_large(limit)).response()(scope, receive, send)
-            return
+            return PayloadTooLarge(too_large(limit)).response()(scope, receive, send)
         # else the server delivers at most ``length`` bytes: nothing to count
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def too_large(limit: int) -> str:
