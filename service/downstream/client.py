@@ -87,8 +87,7 @@ def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     )
     if settings.http_transport == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits)
-    if settings.http_transport != "aiohttp":
-        raise ValueError("HTTP_TRANSPORT must be 'aiohttp' or 'httpx'")
+    # the only other value Settings accepts (HTTP_TRANSPORT is a Literal there)
     from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:
