@@ -302,7 +302,10 @@ async def test_query_overrides_use_direct_llm_and_embedding_model(
     for extra in ({}, {"use_direct_llm": False, "embedding_model": "query-embed"}, {"use_direct_llm": None}):
         r = await client.post("/rag/query", json={**ask, **extra}, headers=auth("student"))
         assert r.status_code == 200, r.text
-    first, second, third = await arrived(devstack, sid)
+    # an old client's explicit null history (Optional in the old RAGQueryRequest) is an empty one
+    r = await client.post("/rag/query", json={**ask, "conversation_history": None}, headers=auth("student"))
+    assert r.status_code == 200, r.text
+    first, second, third, _ = await arrived(devstack, sid)
     assert (first["use_direct_llm"], first["embedding_model"]) == (True, "stored-embed")
     assert (second["use_direct_llm"], second["embedding_model"]) == (False, "query-embed")
     assert (third["use_direct_llm"], third["embedding_model"]) == (True, "stored-embed")  # null: not an override

@@ -722,3 +722,36 @@ async def test_malformed_rag_answers(client: httpx.AsyncClient, gw: Gateway) -> 
     assert (await query(client, sid)).status_code == 502  # not an object
     assert [e["event_data"]["source_count"] for e in await events(client, sid, "RAG_QUERY")] == [1, 0]
     assert (await session(client, sid))["counters"]["query_count"] == 2
+
+
+async def test_rag_answer_sources_and_suggestions_are_normalised(client: httpx.AsyncClient, gw: Gateway) -> None:
+    sid = await new_session(client)
+    answer = {
+        "answer": "Light.",
+        "sources": [
+            {"content": "from content", "chunk_text": "ignored", "score": float("nan"), "metadata": "junk"},
+            {"text": "from text", "score": True},
+            {"chunk_text": "from chunk_text", "score": 2},
+            {"score": 0.5},
+        ],
+        "suggestions": ["  Why?  ", 3, "", "   ", None, "x" * 600, *[f"q{i}" for i in range(20)]],
+    }
+
+    def fake_query(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != "/query":
+            return None
+        # NaN is not JSON, but Python's parser takes it: the gateway must not pass it on
+        return httpx.Response(200, content=json.dumps(answer).encode(), headers={"content-type": "application/json"})
+
+    gw.recorder.fail = fake_query
+    r = await query(client, sid)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["sources"] == [
+        {"content": "from content", "chunk_text": "from content", "score": 0.0, "metadata": None},
+        {"content": "from text", "chunk_text": "from text", "score": 0.0, "metadata": None},
+        {"content": "from chunk_text", "chunk_text": "from chunk_text", "score": 2.0, "metadata": None},
+        {"content": "", "chunk_text": "", "score": 0.5, "metadata": None},
+    ]
+    assert body["suggestions"] == ["Why?", "x" * 500, *[f"q{i}" for i in range(8)]]
+    assert isinstance(body["processing_time_ms"], int)
