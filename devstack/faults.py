@@ -32,6 +32,7 @@ from devstack.web import ApiError, read_model
 MAX_COUNTED_PATHS = 10_000
 OTHER_PATHS = "<other>"
 RECENT_REQUESTS = 200
+RECENT_QUERIES = 50
 SLOW_BODY_MAX_PIECES = 64
 _QUERY_KNOBS = (b"latency_ms", b"error_rate", b"fault")
 
@@ -71,6 +72,11 @@ class Control:
         self.counts: dict[str, int] = {}
         self.total = 0
         self.recent: deque[dict[str, str | None]] = deque(maxlen=RECENT_REQUESTS)
+        self.queries: deque[dict[str, Any]] = deque(maxlen=RECENT_QUERIES)
+
+    def record_query(self, options: dict[str, Any]) -> None:
+        """What a ``/query`` asked for (its options, not its history), for tests to check what arrived."""
+        self.queries.append(options)
 
     def record(self, method: str, path: str, request_id: str | None) -> None:
         self.total += 1
@@ -121,6 +127,7 @@ class Control:
             "total": self.total,
             "inflight": self.inflight,
             "recent": list(self.recent),
+            "queries": list(self.queries),
         }
 
 

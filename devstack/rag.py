@@ -8,13 +8,39 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from devstack.faults import Control
 from devstack.settings import DevstackSettings
 from devstack.store import Document, Hit, RagStore
 from devstack.web import ApiError, path_id, read_model
 
 Strategy = Literal["fixed", "paragraph", "sentence"]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Style = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 NO_CONTEXT = "No relevant context found."
+MAX_SUGGESTIONS = 3
+# The old platform's knobs and the EBARS answer-style fields: accepted and recorded (``GET /_control`` ->
+# ``queries``) so tests can see what arrived; only min_score_threshold changes the answer.
+RECORDED_OPTIONS = (
+    "top_k",
+    "use_rerank",
+    "min_score",
+    "max_context_chars",
+    "model",
+    "chain_type",
+    "max_tokens",
+    "provider",
+    "embedding_model",
+    "embedding_provider",
+    "use_reranker_service",
+    "reranker_type",
+    "min_score_threshold",
+    "use_direct_llm",
+    "aciklayici_dil",
+    "cumle_uzunlugu",
+    "ornek_kullanimi",
+    "benzetmeler",
+    "use_ebars_personalization",
+)
 
 
 class DocMetadata(BaseModel):
@@ -58,6 +84,18 @@ class QueryRequest(BaseModel):
     chain_type: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_]{1,32}$")] = "stuff"
     max_tokens: int = Field(default=512, ge=1, le=65_536)
     conversation_history: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
+    provider: Name | None = None
+    embedding_model: Name | None = None
+    embedding_provider: Name | None = None
+    use_reranker_service: bool | None = None
+    reranker_type: Name | None = None
+    min_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    use_direct_llm: bool | None = None
+    aciklayici_dil: Style | None = None
+    cumle_uzunlugu: Style | None = None
+    ornek_kullanimi: Style | None = None
+    benzetmeler: Style | None = None
+    use_ebars_personalization: bool | None = None
 
 
 def default_collection(session_id: str) -> str:
@@ -82,10 +120,21 @@ def compose_answer(hits: list[Hit], max_context_chars: int) -> str:
     return "Based on the provided context: " + " ".join(parts)
 
 
+def suggest(hits: list[Hit]) -> list[str]:
+    """Deterministic follow-up questions, one per distinct source file of the hits (none without hits)."""
+    names: list[str] = []
+    for hit in hits:
+        name = str(hit.chunk.metadata.get("filename") or "the documents")
+        if name not in names:
+            names.append(name)
+    return [f"What else does {name} say about this?" for name in names[:MAX_SUGGESTIONS]]
+
+
 class RagApi:
-    def __init__(self, store: RagStore, settings: DevstackSettings) -> None:
+    def __init__(self, store: RagStore, settings: DevstackSettings, control: Control | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.control = control
 
     async def process_and_store(self, request: Request) -> Response:
         body = await read_model(request, ProcessRequest, self.settings.max_body_bytes)
@@ -141,10 +190,24 @@ class RagApi:
             min_score=body.min_score,
             use_rerank=body.use_rerank,
         )
+        if body.min_score_threshold is not None:
+            hits = [h for h in hits if h.score >= body.min_score_threshold]
+        if self.control is not None:
+            options = {k: getattr(body, k) for k in RECORDED_OPTIONS}
+            self.control.record_query({"session_id": body.session_id, "query": body.query[:200], **options})
         return JSONResponse(
             {
                 "answer": compose_answer(hits, body.max_context_chars),
-                "sources": [{"chunk_text": h.chunk.text, "score": h.score, "metadata": h.chunk.metadata} for h in hits],
+                "sources": [
+                    {
+                        "content": h.chunk.text,
+                        "chunk_text": h.chunk.text,
+                        "score": h.score,
+                        "metadata": h.chunk.metadata,
+                    }
+                    for h in hits
+                ],
                 "chain_type": body.chain_type,
+                "suggestions": suggest(hits),
             }
         )

@@ -181,6 +181,8 @@ class RagDefaults(_Group):
     rag_default_model: ModelName = "default"
     rag_default_chain_type: ChainType = "stuff"
     rag_default_embedding_model: ModelName = "default"
+    rag_default_use_direct_llm: Flag = False
+    rag_default_use_reranker_service: Flag = False
     rag_default_max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # as RagQueryRequest.max_tokens
     question_context_max_chars: Annotated[int, Field(ge=1, le=10_000_000)] = 8000
     question_context_max_chunks: Annotated[int, Field(ge=1, le=100_000)] = 40

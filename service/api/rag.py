@@ -22,6 +22,7 @@ from service.rag.models import (
     RagQueryResponse,
     RagSettingsOut,
     RagSettingsPatch,
+    RagSettingsSaved,
     ReprocessRequest,
     ReprocessResponse,
     ServicesHealth,
@@ -191,7 +192,7 @@ ENDPOINTS = [
         TAG,
         OWN_SESSION,
         body=RagSettingsPatch,
-        response=RagSettingsOut,
+        response=RagSettingsSaved,
     ),
     Endpoint(
         "GET", "/profile", profile, "The caller's profile from the auth service", "auth", ANY_ROLE, response=Profile

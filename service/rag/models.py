@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -14,16 +14,29 @@ class Turn(Strict):
     content: str = Field(max_length=20_000)
 
 
+# The EBARS answer-style levels ("basit" | "orta" | "karmaşık", "kısa" | "orta" | "uzun", "az" | "orta" | "çok"):
+# bounded, not enumerated, so the RAG service stays the judge of which levels it knows.
+StyleLevel = Annotated[str, Field(min_length=1, max_length=32)]
+STYLE_KEYS = ("aciklayici_dil", "cumle_uzunlugu", "ornek_kullanimi", "benzetmeler", "use_ebars_personalization")
+
+
 class RagQueryRequest(QueryKnobs):
     session_id: str = Field(min_length=1, max_length=128)
     query: str = Field(min_length=1, max_length=4000)
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    conversation_history: list[Turn] = Field(default_factory=list, max_length=50)
+    conversation_history: list[Turn] | None = Field(default_factory=list, max_length=50)
+    # answer style (EBARS): not settings, forwarded to the RAG service as sent (null when absent)
+    aciklayici_dil: StyleLevel | None = Field(default=None, description="explanatory language level")
+    cumle_uzunlugu: StyleLevel | None = Field(default=None, description="sentence length")
+    ornek_kullanimi: StyleLevel | None = Field(default=None, description="use of examples")
+    benzetmeler: StyleLevel | None = Field(default=None, description="use of analogies")
+    use_ebars_personalization: bool | None = None
 
 
 class Source(BaseModel):
-    chunk_text: str | None = None
-    score: float | None = None
+    content: str = Field(description="the source's text (what the web frontend shows)")
+    chunk_text: str | None = Field(default=None, description="same text; kept for earlier clients")
+    score: float = Field(description="relevance, 0.0 when the RAG service gives none")
     metadata: dict[str, Any] | None = None
 
 
@@ -34,6 +47,8 @@ class RagQueryResponse(BaseModel):
     chain_type: str | None
     settings_used: dict[str, Any]
     latency_ms: float
+    processing_time_ms: int = Field(description="the query's time in the gateway, whole ms (old gateway's field)")
+    suggestions: list[str] = Field(description="follow-up questions from the RAG service; empty when it gives none")
 
 
 class GenerateQuestionsRequest(Strict):
@@ -113,6 +128,12 @@ class RagSettingsOut(BaseModel):
     session_id: str
     rag_settings: dict[str, Any]
     effective: dict[str, Any]
+
+
+class RagSettingsSaved(RagSettingsOut):
+    """The PATCH answer; ``success`` as the old gateway answered (the web frontend reads it)."""
+
+    success: Literal[True] = True
 
 
 class ServiceHealth(BaseModel):

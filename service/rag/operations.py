@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,13 +16,40 @@ from service.downstream.client import SERVICES, DownstreamBadAnswer
 from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_active
 from service.rag import precedence, questions
 from service.rag import store as rag_store
-from service.rag.models import GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
+from service.rag.models import STYLE_KEYS, GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
 from service.sessions.domain import ACTIVE
 from service.settings import Settings
+
+MAX_SUGGESTIONS = 10
+MAX_SUGGESTION_CHARS = 500
 
 
 def collection_name(session_id: str) -> str:
     return f"session_{session_id}"
+
+
+def _source(raw: dict[str, Any]) -> dict[str, Any]:
+    """One downstream source in the answer's shape: its text as ``content`` (the field the web frontend prints;
+    older RAG services call it ``chunk_text``) and a finite ``score`` (0.0 when missing or not a number)."""
+    text = next((raw[k] for k in ("content", "chunk_text", "text") if isinstance(raw.get(k), str)), "")
+    score = raw.get("score")
+    if not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score):
+        score = 0.0
+    metadata = raw.get("metadata")
+    return {
+        "content": text,
+        "chunk_text": text,
+        "score": float(score),
+        "metadata": metadata if isinstance(metadata, dict) else None,
+    }
+
+
+def _suggestions(raw: Any) -> list[str]:
+    """The RAG service's follow-up questions, if any: non-blank strings only, bounded in number and length."""
+    if not isinstance(raw, list):
+        return []
+    found = [s.strip()[:MAX_SUGGESTION_CHARS] for s in raw if isinstance(s, str) and s.strip()]
+    return found[:MAX_SUGGESTIONS]
 
 
 @dataclass(slots=True)
@@ -44,6 +72,7 @@ class Rag:
     async def query(
         self, principal: Principal, body: RagQueryRequest, authorization: str | None = None
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         session = await self._active_session(principal, body.session_id)
         used = precedence.effective(
             body.model_dump(),
@@ -51,24 +80,26 @@ class Rag:
             session["rag_settings"],
             precedence.service_defaults(self.settings),
         )
+        history = body.conversation_history or []
         payload = {
             "session_id": body.session_id,
             "collection_name": collection_name(body.session_id),
             "query": body.query,
-            **{k: used[k] for k in precedence.QUERY_KEYS},
+            **used,
             "max_tokens": body.max_tokens if body.max_tokens is not None else self.settings.rag_default_max_tokens,
-            "conversation_history": [t.model_dump() for t in body.conversation_history],
+            "conversation_history": [t.model_dump() for t in history],
+            **{k: getattr(body, k) for k in STYLE_KEYS},
         }
-        started = time.perf_counter()
+        downstream_started = time.perf_counter()
         reply = await self.downstream.call(
             "rag", "POST", "/query", json_body=payload, headers=self._forward(authorization)
         )
-        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        latency_ms = round((time.perf_counter() - downstream_started) * 1000, 2)
         answer = reply.body
         if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
             raise DownstreamBadAnswer("rag service answer has no 'answer'", details={"service": "rag"})
         raw_sources = answer.get("sources")
-        sources = [s for s in raw_sources if isinstance(s, dict)] if isinstance(raw_sources, list) else []
+        sources = [_source(s) for s in raw_sources if isinstance(s, dict)] if isinstance(raw_sources, list) else []
         await rag_store.record(
             self.db,
             body.session_id,
@@ -83,6 +114,8 @@ class Rag:
             "chain_type": answer.get("chain_type", used["chain_type"]),
             "settings_used": used,
             "latency_ms": latency_ms,
+            "processing_time_ms": round((time.perf_counter() - started) * 1000),
+            "suggestions": _suggestions(answer.get("suggestions")),
         }
 
     async def generate_questions(
@@ -214,6 +247,7 @@ class Rag:
                 "embedding_model": embedding,
             },
             add={"document_count": len(ok), "total_chunks": chunks_total},
+            embedding_model=embedding,
         )
         return {
             "session_id": form.session_id,
@@ -257,6 +291,7 @@ class Rag:
                 "chunks_processed": chunks,
             },
             assign={"total_chunks": chunks},
+            embedding_model=embedding,
         )
         return {
             "session_id": session_id,
@@ -270,8 +305,10 @@ class Rag:
         return self._settings_out(session_id, session["rag_settings"])
 
     async def patch_rag_settings(self, principal: Principal, session_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        if patch.get("use_reranker_service") is False and "reranker_type" not in patch:
+            patch = {**patch, "reranker_type": None}  # as the old gateway: no reranker service, no reranker type
         stored = await rag_store.patch_rag_settings(self.db, principal, session_id, patch)
-        return self._settings_out(session_id, stored)
+        return {**self._settings_out(session_id, stored), "success": True}
 
     def _settings_out(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:
         defaults = precedence.service_defaults(self.settings)

@@ -11,7 +11,16 @@ from typing import Any
 
 from service.settings import Settings
 
-QUERY_KEYS = ("top_k", "use_rerank", "min_score", "max_context_chars", "model", "chain_type")
+QUERY_KEYS = (
+    "top_k",
+    "use_rerank",
+    "min_score",
+    "max_context_chars",
+    "model",
+    "chain_type",
+    "embedding_model",
+    "use_direct_llm",
+)
 
 
 def service_defaults(settings: Settings) -> dict[str, Any]:
@@ -23,6 +32,13 @@ def service_defaults(settings: Settings) -> dict[str, Any]:
         "model": settings.rag_default_model,
         "chain_type": settings.rag_default_chain_type,
         "embedding_model": settings.rag_default_embedding_model,
+        "use_direct_llm": settings.rag_default_use_direct_llm,
+        # No service-wide choice for these: null lets the RAG service use its own.
+        "provider": None,
+        "embedding_provider": None,
+        "use_reranker_service": settings.rag_default_use_reranker_service,
+        "reranker_type": None,
+        "min_score_threshold": None,
     }
 
 

@@ -53,11 +53,27 @@ async def session_for_change(db: Database, principal: Principal, session_id: str
 
 
 def update_counters(
-    conn: sqlite3.Connection, session_id: str, ts: int, *, add: dict[str, int], assign: dict[str, int]
+    conn: sqlite3.Connection,
+    session_id: str,
+    ts: int,
+    *,
+    add: dict[str, int],
+    assign: dict[str, int],
+    embedding_model: str | None = None,
 ) -> sqlite3.Row | None:
-    """Add to / assign the session's counters in one UPDATE; the new counters, or None if the row is gone."""
+    """Add to / assign the session's counters in one UPDATE; the new counters, or None if the row is gone.
+
+    ``embedding_model`` (the one documents were embedded with) becomes the session's
+    ``rag_settings.embedding_model`` when none is stored, as the old gateway did: later queries then search
+    with the model the collection was built with."""
     expr = "metadata"
     args: list[Any] = []
+    if embedding_model is not None:
+        expr = (
+            "json_set(metadata, '$.rag_settings.embedding_model', "
+            "coalesce(json_extract(metadata, '$.rag_settings.embedding_model'), ?))"
+        )
+        args.append(embedding_model)
     for name, value in (*add.items(), *assign.items()):
         if name not in COUNTERS:  # whitelist: the JSON path is part of the SQL text
             raise ValueError(f"unknown counter {name}")
@@ -84,12 +100,14 @@ async def record(
     *,
     add: dict[str, int] | None = None,
     assign: dict[str, int] | None = None,
+    embedding_model: str | None = None,
 ) -> dict[str, int]:
-    """The action's event and its counter changes, in one transaction (one hop). Returns the counters."""
+    """The action's event and its counter changes (and ``embedding_model``, see ``update_counters``), in one
+    transaction (one hop). Returns the counters."""
 
     def run(conn: sqlite3.Connection) -> dict[str, int]:
         ts = now_ms()
-        row = update_counters(conn, session_id, ts, add=add or {}, assign=assign or {})
+        row = update_counters(conn, session_id, ts, add=add or {}, assign=assign or {}, embedding_model=embedding_model)
         if row is None:
             raise session_not_found(session_id)  # deleted while the downstream call ran
         insert_event(conn, session_id, event_type, ts, data)

@@ -82,6 +82,13 @@ MinScore = Annotated[float, Field(ge=0.0, le=1.0)]
 MaxContextChars = Annotated[int, Field(ge=100, le=100_000)]
 ModelName = Annotated[str, Field(min_length=1, max_length=100)]
 ChainType = Annotated[str, Field(pattern=r"^[A-Za-z_]{1,32}$")]  # as the RAG service accepts
+# The old platform's provider and reranker names ("groq", "ollama", "bge-reranker-v2-m3", ...): plain identifiers.
+ProviderName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,49}$", description="provider identifier, 1..50 chars")
+]
+RerankerType = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$", description="reranker identifier, 1..100 chars")
+]
 
 
 class QueryKnobs(Strict):
@@ -93,12 +100,19 @@ class QueryKnobs(Strict):
     max_context_chars: MaxContextChars | None = None
     model: ModelName | None = None
     chain_type: ChainType | None = None
+    embedding_model: ModelName | None = None
+    use_direct_llm: bool | None = Field(default=None, description="answer from the LLM alone, without retrieval")
 
 
 class RagSettings(QueryKnobs):
-    """Stored RAG defaults of a session; every field optional."""
+    """Stored RAG defaults of a session; every field optional. The fields beyond ``QueryKnobs`` are the old
+    platform's session-only settings: a query cannot override them, but they reach the RAG service with it."""
 
-    embedding_model: ModelName | None = None
+    provider: ProviderName | None = None
+    embedding_provider: ProviderName | None = None
+    use_reranker_service: bool | None = None
+    reranker_type: RerankerType | None = None
+    min_score_threshold: MinScore | None = Field(default=None, description="drop sources scoring below it")
 
 
 class SessionCreate(Strict):

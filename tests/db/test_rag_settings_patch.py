@@ -31,6 +31,12 @@ VALUES: dict[str, list[Any]] = {
     "model": ["m1", "m2"],
     "chain_type": ["stuff", "refine"],
     "embedding_model": ["e1", "e2"],
+    "use_direct_llm": [True, False],
+    "provider": ["groq", "ollama"],
+    "embedding_provider": ["ollama", "huggingface"],
+    "use_reranker_service": [True, False],
+    "reranker_type": ["bge-reranker-v2-m3", "ms-marco"],
+    "min_score_threshold": [0.0, 0.4],
 }
 assert set(VALUES) == set(RagSettings.model_fields)  # every storable setting is exercised
 
@@ -87,3 +93,32 @@ async def test_concurrent_patches_of_different_keys_all_survive(db: Database) ->
     patches = [{key: values[0]} for key, values in VALUES.items()]
     await asyncio.gather(*(rag_store.patch_rag_settings(db, TEACHER, sid, p) for p in patches))
     assert stored_metadata(db, sid)["rag_settings"] == {key: values[0] for key, values in VALUES.items()}
+
+
+async def test_recording_an_action_stores_its_embedding_model_only_when_none_is(db: Database) -> None:
+    sid = await new_session(db, {"top_k": 3})
+    before = stored_metadata(db, sid)
+    counters = await rag_store.record(
+        db, sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="first-embed"
+    )
+    assert counters["document_count"] == 1
+    meta = stored_metadata(db, sid)
+    assert meta["rag_settings"] == {"top_k": 3, "embedding_model": "first-embed"}
+    await rag_store.record(db, sid, "DOCUMENTS_REPROCESSED", {}, assign={"total_chunks": 4}, embedding_model="second")
+    meta = stored_metadata(db, sid)
+    assert meta["rag_settings"] == {"top_k": 3, "embedding_model": "first-embed"}  # one was stored: kept
+    assert meta["counters"]["total_chunks"] == 4 and meta["counters"]["document_count"] == 1
+    assert {k: v for k, v in meta.items() if k not in ("rag_settings", "counters")} == {
+        k: v for k, v in before.items() if k not in ("rag_settings", "counters")
+    }
+    # a session whose metadata has no rag_settings object at all (an imported legacy row) gets one
+    conn = sqlite3.connect(db.path)
+    try:
+        conn.execute(
+            "UPDATE sessions SET metadata = json_remove(metadata, '$.rag_settings') WHERE session_id = ?", (sid,)
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    await rag_store.record(db, sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="legacy")
+    assert stored_metadata(db, sid)["rag_settings"] == {"embedding_model": "legacy"}

@@ -376,8 +376,84 @@ async def test_query_without_matches(client: httpx.AsyncClient) -> None:
     await store(client, "s", BIO)
     for text in ("quantum chromodynamics", "what is the"):
         result = await query(client, "s", text)
-        assert result == {"answer": "No relevant context found.", "sources": [], "chain_type": "stuff"}
+        assert result == {
+            "answer": "No relevant context found.",
+            "sources": [],
+            "chain_type": "stuff",
+            "suggestions": [],
+        }
     assert (await query(client, "nobody", "energy"))["sources"] == []
+
+
+OLD_PLATFORM_OPTIONS: dict[str, Any] = {
+    "provider": "groq",
+    "embedding_model": "nomic-embed-text",
+    "embedding_provider": "ollama",
+    "use_reranker_service": True,
+    "reranker_type": "bge-reranker-v2-m3",
+    "min_score_threshold": 0.3,
+    "use_direct_llm": False,
+    "aciklayici_dil": "basit",
+    "cumle_uzunlugu": "kısa",
+    "ornek_kullanimi": "çok",
+    "benzetmeler": "az",
+    "use_ebars_personalization": True,
+}
+
+
+async def test_query_sources_carry_content_and_suggestions(client: httpx.AsyncClient) -> None:
+    await store(client, "s", BIO, filename="bio.md")
+    await store(client, "s", "Energy drives every cell.", filename="cells.md")
+    result = await query(client, "s", "cell energy", top_k=10)
+    assert [s["content"] for s in result["sources"]] == [s["chunk_text"] for s in result["sources"]]
+    assert result["sources"][0]["content"].startswith(("The mitochondria", "Energy drives"))
+    files = list(dict.fromkeys(s["metadata"]["filename"] for s in result["sources"]))
+    assert result["suggestions"] == [f"What else does {name} say about this?" for name in files]
+
+
+async def test_query_accepts_and_records_the_old_platform_options(client: httpx.AsyncClient) -> None:
+    await store(client, "s", BIO)
+    await control(client, reset_counts=True)
+    result = await query(client, "s", "cell energy " + "x" * 300, top_k=10, **OLD_PLATFORM_OPTIONS)
+    assert result["sources"] and all(s["score"] >= 0.3 for s in result["sources"])
+    (recorded,) = (await client.get("/_control")).json()["queries"]
+    assert recorded == {
+        "session_id": "s",
+        "query": ("cell energy " + "x" * 300)[:200],
+        "top_k": 10,
+        "use_rerank": False,
+        "min_score": 0.0,
+        "max_context_chars": 4000,
+        "model": None,
+        "chain_type": "stuff",
+        "max_tokens": 512,
+        **OLD_PLATFORM_OPTIONS,
+    }
+    # unsent: recorded as null; a threshold above every score leaves no source
+    none = await query(client, "s", "cell energy photosynthesis", min_score_threshold=1.0)
+    assert none["sources"] == [] and none["suggestions"] == []
+    last = (await client.get("/_control")).json()["queries"][-1]
+    assert last["provider"] is None and last["aciklayici_dil"] is None and last["min_score_threshold"] == 1.0
+    assert "conversation_history" not in last
+    await control(client, reset_counts=True)
+    assert (await client.get("/_control")).json()["queries"] == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_score_threshold", 1.5),
+        ("use_direct_llm", "sometimes"),
+        ("aciklayici_dil", "x" * 65),
+        ("provider", ""),
+        ("use_ebars_personalization", [True]),
+    ],
+)
+async def test_query_rejects_bad_old_platform_options(client: httpx.AsyncClient, field: str, value: Any) -> None:
+    await control(client, reset_counts=True)
+    response = await client.post("/query", json={"session_id": "s", "query": "energy", field: value})
+    assert response.status_code == 422
+    assert (await client.get("/_control")).json()["queries"] == []
 
 
 @pytest.mark.parametrize(

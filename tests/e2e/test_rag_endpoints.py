@@ -42,6 +42,12 @@ DEFAULTS = {
     "model": "default",
     "chain_type": "stuff",
     "embedding_model": "default",
+    "use_direct_llm": False,
+    "provider": None,
+    "embedding_provider": None,
+    "use_reranker_service": False,
+    "reranker_type": None,
+    "min_score_threshold": None,
 }
 COUNTERS_ZERO = {"document_count": 0, "total_chunks": 0, "query_count": 0, "questions_generated": 0}
 Fail = Callable[[httpx.Request], httpx.Response | None]
@@ -215,10 +221,16 @@ async def test_every_endpoint_with_counters_and_events(client: httpx.AsyncClient
 
     # rag-settings
     r = await client.get(f"{prefix}/sessions/{sid}/rag-settings", headers=auth("teacher"))
-    assert r.status_code == 200 and r.json() == {"session_id": sid, "rag_settings": {}, "effective": DEFAULTS}
+    embed = {"embedding_model": "default"}  # recorded by the upload: the session had none
+    assert r.status_code == 200 and r.json() == {"session_id": sid, "rag_settings": embed, "effective": DEFAULTS}
     r = await client.patch(f"{prefix}/sessions/{sid}/rag-settings", json={"top_k": 3}, headers=auth("teacher"))
     assert r.status_code == 200, r.text
-    assert r.json()["rag_settings"] == {"top_k": 3} and r.json()["effective"] == {**DEFAULTS, "top_k": 3}
+    assert r.json() == {
+        "success": True,
+        "session_id": sid,
+        "rag_settings": {**embed, "top_k": 3},
+        "effective": {**DEFAULTS, "top_k": 3},
+    }
     assert len(await events(client, sid, "RAG_SETTINGS_UPDATED")) == 1
 
     # profile and downstream health
@@ -349,7 +361,14 @@ async def test_query_settings_precedence(client: httpx.AsyncClient, gw: Gateway)
         f"/sessions/{sid}/rag-settings", json={"top_k": 4, "chain_type": None}, headers=auth("teacher")
     )
     assert r.status_code == 200, r.text
-    new_stored = {"top_k": 4, "use_rerank": True, "min_score": 0.05, "model": "session-model"}
+    # the upload recorded the embedding model it used, the session having none
+    new_stored = {
+        "top_k": 4,
+        "use_rerank": True,
+        "min_score": 0.05,
+        "model": "session-model",
+        "embedding_model": "default",
+    }
     assert r.json()["rag_settings"] == new_stored
     assert r.json()["effective"] == {**DEFAULTS, **new_stored}
     await check({}, {**DEFAULTS, **new_stored})
@@ -390,6 +409,9 @@ async def test_embedding_model_precedence_for_upload_and_reprocess(client: httpx
     other = await new_session(client)
     assert (await upload(client, other, ("a.md", DOC, "text/markdown"))).is_success
     assert gw.recorder.bodies("/process-and-store")[-1]["embedding_model"] == "default"
+    # the session had none: the one used is now stored; one already stored is kept
+    assert (await session(client, other))["rag_settings"] == {"embedding_model": "default"}
+    assert (await session(client, sid))["rag_settings"] == {"embedding_model": "session-embed"}
 
 
 # -- rag-settings ------------------------------------------------------------------------------------------------
@@ -692,10 +714,44 @@ async def test_malformed_rag_answers(client: httpx.AsyncClient, gw: Gateway) -> 
     gw.recorder.fail = fake_query
     r = await query(client, sid)
     assert r.status_code == 200, r.text
-    assert r.json()["sources"] == [{"chunk_text": "a", "score": 0.5}] and r.json()["chain_type"] == "x"
+    assert r.json()["sources"] == [{"content": "a", "chunk_text": "a", "score": 0.5, "metadata": None}]
+    assert r.json()["chain_type"] == "x" and r.json()["suggestions"] == []
     r = await query(client, sid)
     assert r.status_code == 200 and r.json()["sources"] == [] and r.json()["chain_type"] == "stuff"
     assert (await query(client, sid)).status_code == 502  # no 'answer'
     assert (await query(client, sid)).status_code == 502  # not an object
     assert [e["event_data"]["source_count"] for e in await events(client, sid, "RAG_QUERY")] == [1, 0]
     assert (await session(client, sid))["counters"]["query_count"] == 2
+
+
+async def test_rag_answer_sources_and_suggestions_are_normalised(client: httpx.AsyncClient, gw: Gateway) -> None:
+    sid = await new_session(client)
+    answer = {
+        "answer": "Light.",
+        "sources": [
+            {"content": "from content", "chunk_text": "ignored", "score": float("nan"), "metadata": "junk"},
+            {"text": "from text", "score": True},
+            {"chunk_text": "from chunk_text", "score": 2},
+            {"score": 0.5},
+        ],
+        "suggestions": ["  Why?  ", 3, "", "   ", None, "x" * 600, *[f"q{i}" for i in range(20)]],
+    }
+
+    def fake_query(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != "/query":
+            return None
+        # NaN is not JSON, but Python's parser takes it: the gateway must not pass it on
+        return httpx.Response(200, content=json.dumps(answer).encode(), headers={"content-type": "application/json"})
+
+    gw.recorder.fail = fake_query
+    r = await query(client, sid)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["sources"] == [
+        {"content": "from content", "chunk_text": "from content", "score": 0.0, "metadata": None},
+        {"content": "from text", "chunk_text": "from text", "score": 0.0, "metadata": None},
+        {"content": "from chunk_text", "chunk_text": "from chunk_text", "score": 2.0, "metadata": None},
+        {"content": "", "chunk_text": "", "score": 0.5, "metadata": None},
+    ]
+    assert body["suggestions"] == ["Why?", "x" * 500, *[f"q{i}" for i in range(8)]]
+    assert isinstance(body["processing_time_ms"], int)

@@ -32,6 +32,8 @@ def test_service_defaults_follow_settings() -> None:
         rag_default_model="m",
         rag_default_chain_type="refine",
         rag_default_embedding_model="e",
+        rag_default_use_direct_llm=True,
+        rag_default_use_reranker_service=True,
     )
     assert service_defaults(custom) == {
         "top_k": 9,
@@ -41,6 +43,13 @@ def test_service_defaults_follow_settings() -> None:
         "model": "m",
         "chain_type": "refine",
         "embedding_model": "e",
+        "use_direct_llm": True,
+        # no service-wide choice: null, the RAG service picks
+        "provider": None,
+        "embedding_provider": None,
+        "use_reranker_service": True,
+        "reranker_type": None,
+        "min_score_threshold": None,
     }
     # a default for every setting a session may store; a query overrides exactly its knobs
     assert set(service_defaults(custom)) == set(RagSettings.model_fields)
@@ -60,6 +69,20 @@ def test_sent_values_win_and_unsent_do_not_override_stored() -> None:
     assert used["use_rerank"] is True
     assert used["model"] == "session-model"
     assert used["chain_type"] == DEFAULTS["chain_type"]
+
+
+def test_old_platform_knobs_follow_the_same_rules() -> None:
+    stored = {**STORED, "use_direct_llm": True, "provider": "groq", "min_score_threshold": 0.4}
+    # a query may override embedding_model and use_direct_llm, even with False
+    used = _used({"embedding_model": "query-embed", "use_direct_llm": False}, stored)
+    assert (used["embedding_model"], used["use_direct_llm"]) == ("query-embed", False)
+    # session-only settings come from the session, else the defaults
+    assert (used["provider"], used["min_score_threshold"]) == ("groq", 0.4)
+    assert used["reranker_type"] is None and used["use_reranker_service"] is False
+    assert _used({}, stored)["use_direct_llm"] is True
+    # the session-only ones are not query fields at all: a query naming them is a 422
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        RagQueryRequest.model_validate({"session_id": "s", "query": "q", "provider": "groq"})
 
 
 def test_falsy_sent_values_still_win() -> None:
