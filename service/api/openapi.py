@@ -15,13 +15,14 @@ REF = "#/components/schemas/{model}"
 UPLOAD_TYPES = "text/plain, text/markdown"  # the file parts a document upload accepts
 ERROR_SCHEMA = {
     "type": "object",
-    "required": ["error"],
+    "required": ["error", "detail"],
     "properties": {
         "error": {
             "type": "object",
             "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
-        }
+        },
+        "detail": {"type": "string", "description": "error.message again, for clients of FastAPI-style APIs"},
     },
 }
 REASONS = {

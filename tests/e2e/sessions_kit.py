@@ -30,15 +30,17 @@ def db_path(server: ServerThread | InProcessServer) -> str:
 
 
 def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """Assert the status and the error body shape ``{"error": {"code", "message", "details"}}``."""
+    """Assert the status and the error body shape ``{"error": {"code", "message", "details"}, "detail"}``
+    (``detail`` is the message again, for clients of the FastAPI gateway this replaces)."""
     assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "detail"}, body
     error: dict[str, Any] = body["error"]
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
+    assert body["detail"] == error["message"], body
     if code is not None:
         assert error["code"] == code, error
     return error
