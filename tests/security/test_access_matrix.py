@@ -210,7 +210,7 @@ def test_list_and_stats_are_scoped_to_the_caller(client: httpx.Client) -> None:
     def ids(token: str, **params: Any) -> set[str]:
         r = client.get("/sessions", params={"category": f"cat{tag}", **params}, headers=h(token))
         assert r.status_code == 200, r.text
-        return {s["session_id"] for s in r.json()["sessions"]}
+        return {s["session_id"] for s in r.json()}
 
     assert ids(me) == set(mine)
     assert ids(other) == {theirs}
@@ -220,7 +220,7 @@ def test_list_and_stats_are_scoped_to_the_caller(client: httpx.Client) -> None:
     assert_error(client.get("/sessions", params={"user_id": f"other{tag}"}, headers=h(me)), 403)
     assert_error(client.get("/sessions", params={"user_id": f"me{tag}"}, headers=h(pupil)), 403)
     admin = client.get("/sessions", params={"category": f"cat{tag}", "user_id": f"other{tag}"}, headers=auth("admin"))
-    assert {s["session_id"] for s in admin.json()["sessions"]} == {theirs}
+    assert {s["session_id"] for s in admin.json()} == {theirs}
     stats = client.get("/sessions/stats", headers=h(me)).json()
     assert stats["total"] == 3 and stats["by_status"]["ACTIVE"] == 2 and stats["by_status"]["COMPLETED"] == 1
     assert client.get("/sessions/stats", headers=h(other)).json()["total"] == 1
