@@ -87,6 +87,11 @@ RULES = [
     Rule("GET", "/health/services", everyone(200)),
     Rule("GET", "/metrics", everyone(200)),
     Rule("GET", "/profile", everyone(200, anon=401)),
+    Rule("PUT", "/profile", everyone(200, anon=401), {"first_name": "Matrix"}),
+    # a wrong old password: every role reaches the auth service, which refuses it (400, passed through)
+    Rule(
+        "PUT", "/profile/change-password", everyone(400, anon=401), {"old_password": "wrong", "new_password": "secret1"}
+    ),
     Rule("POST", "/sessions", {"admin": 201, "teacher": 201, "teacher2": 201, "student": 403}, {"name": "m"}),
     Rule("GET", "/sessions", everyone(200, anon=401)),
     Rule("GET", "/sessions/stats", {"admin": 200, "teacher": 200, "teacher2": 200, "student": 403}),
