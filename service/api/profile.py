@@ -11,19 +11,16 @@ from service.errors import (
     BadGateway,
     BadRequest,
     Conflict,
-    Forbidden,
-    NotFound,
     Unauthorized,
     ValidationFailed,
 )
 from service.rag.models import PasswordChange, PasswordChanged, Profile, ProfileUpdate
 
-# The auth service's refusals the caller can act on: passed through with its own status and message.
+# The auth service's refusals the caller can act on: passed through with its own status and message. Any other
+# non-2xx (a 403 or 404 for a token that has just resolved to this very user is not a sane answer) is a 502.
 PASSED_THROUGH: dict[int, type[ApiError]] = {
     400: BadRequest,
     401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
     409: Conflict,
     422: ValidationFailed,
 }
@@ -89,7 +86,7 @@ ENDPOINTS = [
         ANY_ROLE,
         body=ProfileUpdate,
         response=Profile,
-        errors=(400, 401, 403, 404, 409, 422, 502, 503, 504),
+        errors=(400, 401, 409, 422, 502, 503, 504),
     ),
     Endpoint(
         "PUT",
@@ -100,6 +97,6 @@ ENDPOINTS = [
         ANY_ROLE,
         body=PasswordChange,
         response=PasswordChanged,
-        errors=(400, 401, 403, 404, 409, 422, 502, 503, 504),
+        errors=(400, 401, 409, 422, 502, 503, 504),
     ),
 ]
