@@ -66,7 +66,7 @@ async def test_list_sessions_is_an_array(client: httpx.AsyncClient) -> None:
     assert "link" not in r.headers  # one page: the frontend never pages, and needs not
 
 
-async def test_profile_page_reads_the_auth_services_user(client: httpx.AsyncClient) -> None:
+async def test_profile_page_reads_the_auth_services_user(client: httpx.AsyncClient, reset_devstack: None) -> None:
     # api.ts getProfile(): fetch(`${getApiUrl()}/profile`, {headers: {Authorization}}) -> UserProfile
     r = await client.get("/api/profile", headers=token_headers("dev-student-token"))
     assert r.status_code == 200, r.text
