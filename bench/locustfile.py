@@ -203,7 +203,11 @@ class Student(HttpUser):
 
     @task(2)
     def browse(self) -> None:
-        self.client.get("/sessions?status=ACTIVE&limit=20", name="/sessions?status=ACTIVE")
+        """Lists active sessions (a JSON array) and, now and then, the next page named by the Link header."""
+        r = self.client.get("/sessions?status=ACTIVE&limit=20", name="/sessions?status=ACTIVE")
+        following = r.links.get("next", {}).get("url")
+        if following and random.random() < 0.25:
+            self.client.get(following, name="/sessions?status=ACTIVE (next page)")
 
     @task(3)
     def read_session(self) -> None:

@@ -33,10 +33,13 @@ def create_app(settings: DevstackSettings | None = None) -> Starlette:
     store = RagStore(settings)
     rag = RagApi(store, settings, control)
     questions = QuestionApi(settings)
-    control_api = ControlApi(control, store.clear)
+    users = auth.Users()
+    control_api = ControlApi(control, store.clear, on_reset=users.reset)
     routes = [
         Route("/health", health, methods=["GET"]),
-        Route("/users/me", auth.users_me, methods=["GET"]),
+        Route("/users/me", users.me, methods=["GET"]),
+        Route("/users/me", users.update_me, methods=["PUT"]),
+        Route("/users/me/password", users.change_password, methods=["PUT"]),
         Route("/process-and-store", rag.process_and_store, methods=["POST"]),
         Route("/query", rag.query, methods=["POST"]),
         Route("/sessions/{session_id}/reprocess", rag.reprocess, methods=["POST"]),

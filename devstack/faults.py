@@ -258,9 +258,12 @@ class ResetRequest(BaseModel):
 
 
 class ControlApi:
-    def __init__(self, control: Control, clear_data: Callable[[], int]) -> None:
+    def __init__(
+        self, control: Control, clear_data: Callable[[], int], on_reset: Callable[[], None] = lambda: None
+    ) -> None:
         self.control = control
         self.clear_data = clear_data
+        self.on_reset = on_reset  # e.g. the auth stand-in restores its users
 
     async def get(self, request: Request) -> Response:
         return JSONResponse(self.control.snapshot())
@@ -289,5 +292,6 @@ class ControlApi:
         empty = request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
         body = ResetRequest() if empty else await read_model(request, ResetRequest, 64 * 1024)
         self.control.reset()
+        self.on_reset()
         cleared = self.clear_data() if body.clear_data else 0
         return JSONResponse({**self.control.snapshot(), "cleared_chunks": cleared})

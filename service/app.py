@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import admin, health, rag, sessions
+from service.api import admin, health, profile, rag, sessions
 from service.api.endpoint import Endpoint, routes_for
 from service.api.openapi import build_openapi
 from service.auth import Authenticator
@@ -47,7 +47,7 @@ class StartupError(RuntimeError):
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*health.ENDPOINTS, *sessions.ENDPOINTS, *rag.ENDPOINTS, *admin.ENDPOINTS]
+    return [*health.ENDPOINTS, *sessions.ENDPOINTS, *rag.ENDPOINTS, *profile.ENDPOINTS, *admin.ENDPOINTS]
 
 
 async def api_error(request: Request, exc: Exception) -> Response:

@@ -34,6 +34,10 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
+def _key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()  # the raw token is never kept as a key
+
+
 class Authenticator:
     """Token cache: bounded LRU with a TTL; concurrent misses for one token share a single lookup."""
 
@@ -46,7 +50,7 @@ class Authenticator:
 
     async def resolve(self, header: str | None) -> Principal:
         token = bearer_token(header)
-        key = hashlib.sha256(token.encode()).hexdigest()  # the raw token is never kept as a key
+        key = _key(token)
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and hit[0] > now:
@@ -60,8 +64,17 @@ class Authenticator:
             task.add_done_callback(lambda t: self._settle(key, t))
         return await asyncio.shield(task)
 
-    def _settle(self, key: str, task: asyncio.Future[Principal]) -> None:
+    def forget(self, header: str | None) -> None:
+        """Drop the token's cached principal (and any lookup in flight, whose answer may predate a change), so
+        the next request reads the user afresh: called after the caller changed their profile."""
+        key = _key(bearer_token(header))
+        self._cache.pop(key, None)
         self._pending.pop(key, None)
+
+    def _settle(self, key: str, task: asyncio.Future[Principal]) -> None:
+        if self._pending.get(key) is not task:
+            return  # forgotten meanwhile: its answer may be stale, so it is not cached
+        del self._pending[key]
         if not task.cancelled() and task.exception() is None:
             self._store(key, task.result())
 

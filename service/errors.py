@@ -10,8 +10,11 @@ from starlette.responses import JSONResponse
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The one place the error envelope is shaped: every error answer of the API (exception handlers and
-    middlewares alike) is built here, so a change to it is one edit."""
-    return {"error": {"code": code, "message": message, "details": details}}
+    middlewares alike) is built here, so a change to it is one edit.
+
+    ``detail`` repeats the message at the top level because clients written for the FastAPI gateway this
+    replaces (the EBARS web frontend) read ``detail``; ``error`` carries the code and details beside it."""
+    return {"error": {"code": code, "message": message, "details": details}, "detail": message}
 
 
 def error_response(

@@ -106,6 +106,7 @@ class Endpoint:
     errors: tuple[int, ...] = ()
     multipart: bool = False
     raw_response: str | None = None  # media type of a non-JSON response (e.g. /metrics)
+    response_headers: dict[str, str] = field(default_factory=dict)  # header -> description, on the success answer
     extra_openapi: dict[str, Any] = field(default_factory=dict)
 
     @property

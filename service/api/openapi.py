@@ -15,13 +15,14 @@ REF = "#/components/schemas/{model}"
 UPLOAD_TYPES = "text/plain, text/markdown"  # the file parts a document upload accepts
 ERROR_SCHEMA = {
     "type": "object",
-    "required": ["error"],
+    "required": ["error", "detail"],
     "properties": {
         "error": {
             "type": "object",
             "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
-        }
+        },
+        "detail": {"type": "string", "description": "error.message again, for clients of FastAPI-style APIs"},
     },
 }
 REASONS = {
@@ -142,6 +143,11 @@ def _operation(ep: Endpoint, path: str) -> dict[str, Any]:
     else:
         ok_schema = {"$ref": REF.format(model=ep.response.__name__)} if ep.response else {}
         responses[str(ep.status)] = {"description": "OK", "content": {"application/json": {"schema": ok_schema}}}
+    if ep.response_headers:
+        responses[str(ep.status)]["headers"] = {
+            name: {"description": text, "required": False, "schema": {"type": "string"}}
+            for name, text in ep.response_headers.items()
+        }
     statuses = set(ep.errors)
     if authenticated:
         statuses |= {401, 503}

@@ -1,4 +1,4 @@
-"""RAG gateway routes (SPEC 3): query, questions, documents, rag-settings, profile, downstream health."""
+"""RAG gateway routes (SPEC 3): query, questions, documents, rag-settings, downstream health."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from service.api.endpoint import ANY_ROLE, OWN_SESSION, PUBLIC, SEE_SESSION, Call, Endpoint, validation_details
+from service.api.endpoint import OWN_SESSION, PUBLIC, SEE_SESSION, Call, Endpoint, validation_details
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.rag.models import (
     GenerateQuestionsRequest,
@@ -17,7 +17,6 @@ from service.rag.models import (
     ProcessForm,
     ProcessResponse,
     ProcessUpload,
-    Profile,
     RagQueryRequest,
     RagQueryResponse,
     RagSettingsOut,
@@ -62,10 +61,6 @@ async def patch_rag_settings(call: Call[RagSettingsPatch, Any]) -> dict[str, Any
     if not patch:
         raise ValidationFailed("send at least one setting")
     return await rag(call).patch_rag_settings(call.principal, call.path["session_id"], patch)
-
-
-async def profile(call: Call[Any, Any]) -> dict[str, Any]:
-    return {**call.principal.profile, "id": call.principal.id, "role_name": call.principal.role}
 
 
 async def services_health(call: Call[Any, Any]) -> Response:
@@ -193,9 +188,6 @@ ENDPOINTS = [
         OWN_SESSION,
         body=RagSettingsPatch,
         response=RagSettingsSaved,
-    ),
-    Endpoint(
-        "GET", "/profile", profile, "The caller's profile from the auth service", "auth", ANY_ROLE, response=Profile
     ),
     Endpoint(
         "GET",

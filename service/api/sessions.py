@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, TypeVar
 
@@ -22,8 +21,8 @@ from service.sessions.models import (
     ListQuery,
     SessionCreate,
     SessionEnd,
+    SessionList,
     SessionOut,
-    SessionPage,
     SessionPatch,
     Stats,
 )
@@ -49,18 +48,37 @@ def clamped(call: Call[Any, Page]) -> Page:
     """The query with ``limit`` clamped to MAX_PAGE_SIZE.
 
     The model accepts up to the absolute bound (``PAGE_SIZE_LIMIT``), so the setting, not a number in the model,
-    is what limits a page; the page's ``limit`` tells the client what was honoured.
+    is what limits a page (an events page's ``limit`` tells the client what was honoured).
     """
     query, most = call.query, call.ctx.settings.max_page_size
     return query.model_copy(update={"limit": most}) if query.limit > most else query
+
+
+NEXT_PAGE_HEADERS = {
+    "Link": '`<URL>; rel="next"` (RFC 8288): this request\'s URL with every parameter kept and `cursor` '
+    "replaced; absent on the last page",
+    "X-Next-Cursor": "the next page's cursor alone (send it as `cursor`); absent on the last page",
+}
+
+
+def next_page_headers(call: Call[Any, Any], cursor: str | None) -> dict[str, str]:
+    """``Link: <...>; rel="next"`` and ``X-Next-Cursor``, as GitHub's API pages: the body stays a bare array.
+
+    The link is the full URL of this request (scheme, host, path with its ``/api`` prefix or not) with every
+    filter kept as sent and only ``cursor`` replaced, so a client follows it without knowing the parameters."""
+    if cursor is None:
+        return {}
+    url = call.request.url.include_query_params(cursor=cursor)
+    return {"Link": f'<{url}>; rel="next"', "X-Next-Cursor": cursor}
 
 
 async def list_sessions(call: Call[Any, ListQuery]) -> Response:
     query = clamped(call)
     secret = call.ctx.settings.cursor_secret.get_secret_value()
     page = await store.list_sessions(call.ctx.db, call.principal, query, secret=secret)
-    cursor = json.dumps(page["next_cursor"])
-    return json_text(f'{{"sessions":{page["sessions_json"]},"next_cursor":{cursor},"limit":{page["limit"]}}}')
+    response = json_text(page["sessions_json"])  # the array SQLite rendered, as is
+    response.headers.update(next_page_headers(call, page["next_cursor"]))
+    return response
 
 
 async def get_session(call: Call[Any, GetQuery]) -> Response:
@@ -133,11 +151,12 @@ ENDPOINTS = [
         "GET",
         "/sessions",
         list_sessions,
-        "List sessions, newest first (keyset cursor)",
+        "List sessions, newest first (keyset cursor; next page in the Link header)",
         TAG,
         ANY_ROLE,
         query=ListQuery,
-        response=SessionPage,
+        response=SessionList,
+        response_headers=NEXT_PAGE_HEADERS,
         errors=(400, 403, 422),  # 403: a user_id filter naming someone else (admins only)
     ),
     Endpoint(

@@ -149,8 +149,43 @@ class ServicesHealth(BaseModel):
 
 
 class Profile(BaseModel):
+    """The auth service's user, passed through (the fields the EBARS profile page reads; others kept)."""
+
     model_config = ConfigDict(extra="allow")
-    id: str
+    id: str | int
     username: str | None = None
     email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
     role_name: str
+    role_id: int | None = None
+    is_active: bool | None = None
+    created_at: str | None = None
+    last_login: str | None = None
+
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+ProfileText = Annotated[str, Field(max_length=100)]
+
+
+class ProfileUpdate(Strict):
+    """What the EBARS profile form sends (``updateProfile`` in frontend/lib/api.ts): any of the four fields."""
+
+    username: Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S")] | None = None
+    email: Annotated[str, Field(max_length=254, pattern=EMAIL_PATTERN)] | None = None
+    first_name: ProfileText | None = None
+    last_name: ProfileText | None = None
+
+
+class PasswordChange(BaseModel):
+    """Passwords are sent exactly as typed: unknown fields are refused, but nothing is stripped."""
+
+    model_config = ConfigDict(extra="forbid")
+    old_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=6, max_length=256, description="at least 6 characters, as the form asks")
+
+
+class PasswordChanged(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    success: bool
+    message: str | None = None

@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from service.sessions.domain import MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, PAGE_SIZE_LIMIT, EndStatus, Status
 
@@ -252,10 +252,9 @@ class SessionOut(BaseModel):
     )
 
 
-class SessionPage(BaseModel):
-    sessions: list[SessionOut]
-    next_cursor: str | None
-    limit: int
+class SessionList(RootModel[list[SessionOut]]):
+    """A page of ``GET /sessions``: a bare JSON array, as the old gateway's ``List[SessionResponse]`` was; the
+    next page is named by the ``Link`` and ``X-Next-Cursor`` headers, not by the body."""
 
 
 class EventPage(BaseModel):

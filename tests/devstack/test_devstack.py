@@ -94,8 +94,21 @@ async def test_users_me_tokens(client: httpx.AsyncClient, token: str, user_id: s
     user = response.json()
     assert user["id"] == user_id
     assert user["role_name"] == role
-    assert set(user) >= {"id", "username", "email", "role_name", "full_name"}
-    assert "@" in user["email"] and user["full_name"] and user["username"]
+    assert set(user) == {
+        "id",
+        "username",
+        "email",
+        "first_name",
+        "last_name",
+        "role_id",
+        "role_name",
+        "is_active",
+        "created_at",
+        "updated_at",
+        "last_login",
+    }
+    assert "@" in user["email"] and user["first_name"] and user["last_name"] and user["username"]
+    assert isinstance(user["role_id"], int) and user["is_active"] is True
 
 
 @pytest.mark.parametrize(
@@ -122,6 +135,41 @@ async def test_users_me_rejects_bad_tokens(client: httpx.AsyncClient, header: st
 async def test_bearer_scheme_is_case_insensitive(client: httpx.AsyncClient) -> None:
     response = await client.get("/users/me", headers={"Authorization": "bearer dev-teacher-token"})
     assert response.json()["id"] == "u-teacher"
+
+
+async def test_profile_changes_are_real_and_reset_restores_them(client: httpx.AsyncClient) -> None:
+    teacher = {"Authorization": "Bearer dev-teacher-token"}
+    changed = await client.put("/users/me", json={"first_name": "Ada", "email": "ada@example.org"}, headers=teacher)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["first_name"] == "Ada" and changed.json()["email"] == "ada@example.org"
+    assert changed.json()["updated_at"] > changed.json()["created_at"]
+    # one record per user id, whichever token names it; role and activation are not self-service
+    same_user = {"Authorization": "Bearer dev:teacher:u-teacher"}
+    assert (await client.get("/users/me", headers=same_user)).json()["first_name"] == "Ada"
+    r = await client.put("/users/me", json={"role_name": "admin", "is_active": False}, headers=teacher)
+    assert r.status_code == 200 and r.json()["role_name"] == "teacher" and r.json()["is_active"] is True
+    await client.get("/users/me", headers={"Authorization": "Bearer dev-student-token"})
+    taken = await client.put("/users/me", json={"username": "student"}, headers=teacher)
+    assert taken.status_code == 400 and taken.json() == {"detail": "Username already taken"}
+    assert (await client.put("/users/me", json={"email": "no-at-sign"}, headers=teacher)).status_code == 422
+    assert (await client.put("/users/me", json={"first_name": "x"})).status_code == 401
+
+    wrong = await client.put(
+        "/users/me/password", json={"old_password": "nope", "new_password": "secret1"}, headers=teacher
+    )
+    assert wrong.status_code == 400 and wrong.json() == {"detail": "Incorrect current password"}
+    body = {"old_password": "dev-password", "new_password": "secret1"}
+    ok = await client.put("/users/me/password", json=body, headers=teacher)
+    assert ok.status_code == 200 and ok.json()["success"] is True
+    assert (await client.put("/users/me/password", json=body, headers=teacher)).status_code == 400  # now changed
+    again = {"old_password": "secret1", "new_password": "secret2"}
+    assert (await client.put("/users/me/password", json=again, headers=teacher)).status_code == 200
+    short = {"old_password": "secret2", "new_password": "five5"}
+    assert (await client.put("/users/me/password", json=short, headers=teacher)).status_code == 422
+
+    assert (await client.post("/_control/reset")).status_code == 200
+    assert (await client.get("/users/me", headers=teacher)).json()["first_name"] == "Dev"
+    assert (await client.put("/users/me/password", json=body, headers=teacher)).status_code == 200
 
 
 async def test_unknown_route_and_method_answer_json(client: httpx.AsyncClient) -> None:

@@ -7,6 +7,7 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -30,15 +31,17 @@ def db_path(server: ServerThread | InProcessServer) -> str:
 
 
 def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """Assert the status and the error body shape ``{"error": {"code", "message", "details"}}``."""
+    """Assert the status and the error body shape ``{"error": {"code", "message", "details"}, "detail"}``
+    (``detail`` is the message again, for clients of the FastAPI gateway this replaces)."""
     assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text[:500]}"
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "detail"}, body
     error: dict[str, Any] = body["error"]
     assert set(error) == {"code", "message", "details"}, error
     assert isinstance(error["code"], str) and error["code"]
     assert isinstance(error["message"], str) and error["message"]
+    assert body["detail"] == error["message"], body
     if code is not None:
         assert error["code"] == code, error
     return error
@@ -62,33 +65,42 @@ async def end(client: httpx.AsyncClient, sid: str, role: str = "teacher", **body
 
 async def pages(
     client: httpx.AsyncClient, path: str, role: str = "admin", limit: int = 500, **params: Any
-) -> AsyncIterator[dict[str, Any]]:
-    """Each page of a keyset-paginated listing (``/sessions``, ``/sessions/{id}/events``), following
-    ``next_cursor`` to the end; every page is asserted to be a 200."""
-    cursor = None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The items of each page of a keyset-paginated listing, to the end; every page is asserted to be a 200.
+
+    ``/sessions`` answers a bare array and is walked the way a client of GitHub's API walks: by requesting the
+    ``Link: rel="next"`` URL as given (checked to carry ``X-Next-Cursor`` as its cursor, and both to be absent
+    on the last page). ``/sessions/{id}/events`` is a page object, walked by its ``next_cursor``."""
+    r = await client.get(path, params={"limit": limit, **params}, headers=auth(role))
     while True:
-        query: dict[str, Any] = {"limit": limit, **params}
-        if cursor:
-            query["cursor"] = cursor
-        r = await client.get(path, params=query, headers=auth(role))
         assert r.status_code == 200, r.text
-        page: dict[str, Any] = r.json()
-        yield page
-        cursor = page["next_cursor"]
-        if not cursor:
-            return
+        body = r.json()
+        if isinstance(body, list):
+            yield body
+            link = r.links.get("next", {}).get("url")
+            assert (link is None) == ("x-next-cursor" not in r.headers), r.headers
+            if link is None:
+                return
+            assert parse_qs(urlsplit(link).query)["cursor"] == [r.headers["x-next-cursor"]], link
+            r = await client.get(link, headers=auth(role))
+        else:
+            yield body["events"]
+            if not body["next_cursor"]:
+                return
+            query = {"limit": limit, **params, "cursor": body["next_cursor"]}
+            r = await client.get(path, params=query, headers=auth(role))
 
 
 async def all_events(client: httpx.AsyncClient, sid: str, role: str = "admin") -> list[dict[str, Any]]:
     """Every event of the session, oldest first."""
-    return [e async for page in pages(client, f"/sessions/{sid}/events", role) for e in page["events"]]
+    return [e async for page in pages(client, f"/sessions/{sid}/events", role) for e in page]
 
 
 async def walk_sessions(
     client: httpx.AsyncClient, role: str = "admin", limit: int = 500, **filters: Any
 ) -> list[dict[str, Any]]:
-    """Every session the role sees, by following ``next_cursor`` to the end."""
-    return [s async for page in pages(client, "/sessions", role, limit, **filters) for s in page["sessions"]]
+    """Every session the role sees, by following the ``Link: rel="next"`` header to the end."""
+    return [s async for page in pages(client, "/sessions", role, limit, **filters) for s in page]
 
 
 def _snapshot(path: str) -> Snapshot:

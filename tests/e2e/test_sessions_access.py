@@ -36,7 +36,7 @@ async def call(client: httpx.AsyncClient, role: str, method: str, url: str, body
 async def test_admin_can_do_everything(client: httpx.AsyncClient) -> None:
     sid = (await create(client, "teacher"))["session_id"]
     own = (await create(client, "admin", name="admin's"))["session_id"]
-    listed = (await client.get("/sessions", headers=auth("admin"))).json()["sessions"]
+    listed = (await client.get("/sessions", headers=auth("admin"))).json()
     assert {s["session_id"] for s in listed} == {sid, own}
     expected = [200, 200, 200, 200, 201, 200, 200]
     for (method, url, body), status in zip(routes(sid), expected, strict=True):
@@ -56,11 +56,11 @@ async def test_teacher_owns_theirs_and_cannot_see_others(client: httpx.AsyncClie
     await end(client, theirs_ended, "teacher2")
     admins = (await create(client, "admin"))["session_id"]
 
-    listed = {s["session_id"] for s in (await client.get("/sessions", headers=auth("teacher"))).json()["sessions"]}
+    listed = {s["session_id"] for s in (await client.get("/sessions", headers=auth("teacher"))).json()}
     assert listed == {mine}
     for listed_status in ("ACTIVE", "COMPLETED"):
         r = await client.get("/sessions", params={"status": listed_status}, headers=auth("teacher"))
-        assert {s["session_id"] for s in r.json()["sessions"]} <= {mine}
+        assert {s["session_id"] for s in r.json()} <= {mine}
 
     path = db_path(gateway)
     before = await snapshot(path)
@@ -87,11 +87,11 @@ async def test_student_reads_active_sessions_only(client: httpx.AsyncClient, gat
 
     r = await client.get("/sessions", headers=auth("student"))
     assert r.status_code == 200
-    assert [s["session_id"] for s in r.json()["sessions"]] == [active]
+    assert [s["session_id"] for s in r.json()] == [active]
     r = await client.get("/sessions", params={"status": "COMPLETED"}, headers=auth("student"))
-    assert r.json()["sessions"] == []
+    assert r.json() == []
     r = await client.get("/sessions", params={"ended_after": 0}, headers=auth("student"))
-    assert r.json()["sessions"] == []
+    assert r.json() == []
     error_of(await client.get("/sessions", params={"user_id": "u-teacher"}, headers=auth("student")), 403)
     r = await client.get(f"/sessions/{active}", headers=auth("student"))
     assert r.status_code == 200 and r.json()["name"] == "open"
@@ -118,7 +118,7 @@ async def test_student_reads_active_sessions_only(client: httpx.AsyncClient, gat
     # once the session ends it disappears for the student
     await end(client, active, "teacher")
     error_of(await client.get(f"/sessions/{active}", headers=auth("student")), 404)
-    assert (await client.get("/sessions", headers=auth("student"))).json()["sessions"] == []
+    assert (await client.get("/sessions", headers=auth("student"))).json() == []
 
 
 async def test_missing_and_bad_tokens(client: httpx.AsyncClient, gateway: InProcessServer) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from sessions_kit import bounded_gather, create, error_of, pages, walk_sessions
@@ -35,12 +36,11 @@ async def test_walk_is_complete_while_sessions_are_created(client: httpx.AsyncCl
     async def walk(role: str, limit: int, **filters: Any) -> list[str]:
         seen: list[str] = []
         async for page in pages(client, "/sessions", role, limit, **filters):
-            assert len(page["sessions"]) <= limit
-            seen.extend(s["session_id"] for s in page["sessions"])
-            starts = [s["start_time_ms"] for s in page["sessions"]]
+            assert len(page) <= limit
+            seen.extend(s["session_id"] for s in page)
+            starts = [s["start_time_ms"] for s in page]
             assert starts == sorted(starts, reverse=True)
-            if page["next_cursor"]:
-                await asyncio.sleep(0.005)  # let the writer interleave between pages
+            await asyncio.sleep(0.005)  # let the writer interleave between pages
         return seen
 
     writers = [asyncio.create_task(writer()) for _ in range(2)]
@@ -59,11 +59,40 @@ async def test_walk_is_complete_while_sessions_are_created(client: httpx.AsyncCl
     assert sorted(final) == sorted(expected | set(created_during))
 
 
+async def test_next_page_is_a_link_header_keeping_every_filter(client: httpx.AsyncClient) -> None:
+    math = [(await create(client, name=f"m{i}", category="math"))["session_id"] for i in range(5)]
+    await create(client, name="other", category="art")
+    filters = {"category": "math", "status": "ACTIVE", "started_after": "0", "limit": "2"}
+    r = await client.get("/api/sessions", params=filters, headers=auth("teacher"))
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 2
+    assert r.headers["link"].startswith("<http") and r.headers["link"].endswith('>; rel="next"')
+    seen = [s["session_id"] for s in r.json()]
+    cursors = []
+    while "link" in r.headers:
+        url = urlsplit(r.links["next"]["url"])
+        # the full URL of this request: same origin and path (the /api twin kept), filters kept, cursor replaced
+        assert f"{url.scheme}://{url.netloc}" == str(client.base_url).rstrip("/") and url.path == "/api/sessions"
+        assert parse_qs(url.query) == {k: [v] for k, v in filters.items()} | {"cursor": [r.headers["x-next-cursor"]]}
+        cursors.append(r.headers["x-next-cursor"])
+        r = await client.get(r.links["next"]["url"], headers=auth("teacher"))
+        assert r.status_code == 200, r.text
+        seen.extend(s["session_id"] for s in r.json())
+    assert "x-next-cursor" not in r.headers and len(r.json()) == 1  # the last page names no next one
+    assert seen == math[::-1] and len(set(cursors)) == 2
+
+    op = (await client.get("/openapi.json")).json()["paths"]["/sessions"]["get"]["responses"]["200"]
+    assert op["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/SessionList"}
+    assert set(op["headers"]) == {"Link", "X-Next-Cursor"}
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert schemas["SessionList"]["type"] == "array"
+    assert schemas["SessionList"]["items"] == {"$ref": "#/components/schemas/SessionOut"}
+
+
 async def test_cursor_tampering_is_refused(client: httpx.AsyncClient) -> None:
     for i in range(3):
         await create(client, name=f"s{i}")
     r = await client.get("/sessions", params={"limit": 1}, headers=auth("admin"))
-    cursor = r.json()["next_cursor"]
+    cursor = r.headers["x-next-cursor"]
     assert cursor
     payload, _, sig = cursor.partition(".")
     position = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -110,7 +139,7 @@ async def test_cursor_from_another_gateway_is_refused(
     # each gateway signs with its own secret: a cursor is not portable to a differently keyed deployment
     for i in range(2):
         await create(client, name=f"s{i}")
-    cursor = (await client.get("/sessions", params={"limit": 1}, headers=auth("admin"))).json()["next_cursor"]
+    cursor = (await client.get("/sessions", params={"limit": 1}, headers=auth("admin"))).headers["x-next-cursor"]
     other = await make_app_gateway(database_path=str(tmp_path / "other.db"))
     async with other.client() as c:
         await create(c)
@@ -123,14 +152,14 @@ async def test_limit_bounds(client: httpx.AsyncClient) -> None:
     for limit in (0, -1, PAGE_SIZE_LIMIT + 1, 10**30, "ten", 1.5):
         error_of(await client.get("/sessions", params={"limit": limit}, headers=auth("admin")), 422, "validation_error")
     r = await client.get("/sessions", params={"limit": 500}, headers=auth("admin"))
-    assert r.status_code == 200 and len(r.json()["sessions"]) == 3 and r.json()["next_cursor"] is None
-    for limit in (501, PAGE_SIZE_LIMIT):  # beyond MAX_PAGE_SIZE (500 by default): clamped, and the page says so
+    assert r.status_code == 200 and len(r.json()) == 3 and "link" not in r.headers and "x-next-cursor" not in r.headers
+    for limit in (501, PAGE_SIZE_LIMIT):  # beyond MAX_PAGE_SIZE (500 by default): clamped, not refused
         r = await client.get("/sessions", params={"limit": limit}, headers=auth("admin"))
-        assert r.status_code == 200 and r.json()["limit"] == 500 and len(r.json()["sessions"]) == 3
+        assert r.status_code == 200 and len(r.json()) == 3 and "link" not in r.headers
     r = await client.get("/sessions", params={"limit": 3}, headers=auth("admin"))
-    assert r.json()["next_cursor"] is None  # exactly a page: no empty page after it
-    r = await client.get("/sessions", headers=auth("admin"))
-    assert r.json()["limit"] == 50
+    assert "link" not in r.headers and "x-next-cursor" not in r.headers  # exactly a page: no empty page after it
+    r = await client.get("/sessions", params={"limit": 2}, headers=auth("admin"))
+    assert len(r.json()) == 2 and r.headers["x-next-cursor"]
 
 
 def seed(path: Path, sessions: int, events: int) -> None:
@@ -160,12 +189,11 @@ async def test_max_page_size_above_500_is_honoured(make_app_gateway: AppGatewayF
     async with gw.client() as c:
         r = await c.get("/sessions", params={"limit": 800}, headers=auth("admin"))
         assert r.status_code == 200, r.text
-        page = r.json()
-        assert (len(page["sessions"]), page["limit"]) == (800, 800) and page["next_cursor"]
-        rest = await c.get("/sessions", params={"limit": 800, "cursor": page["next_cursor"]}, headers=auth("admin"))
-        assert len(rest.json()["sessions"]) == 100 and rest.json()["next_cursor"] is None
+        assert len(r.json()) == 800 and r.headers["x-next-cursor"]
+        rest = await c.get(r.links["next"]["url"], headers=auth("admin"))
+        assert len(rest.json()) == 100 and "link" not in rest.headers
         r = await c.get("/sessions", params={"limit": 5000}, headers=auth("admin"))  # clamped to MAX_PAGE_SIZE
-        assert (len(r.json()["sessions"]), r.json()["limit"]) == (900, 1000)
+        assert len(r.json()) == 900 and "link" not in r.headers
 
         events = "/sessions/s00899/events"
         r = await c.get(events, params={"limit": 800}, headers=auth("admin"))
@@ -184,4 +212,4 @@ async def test_max_page_size_above_500_is_honoured(make_app_gateway: AppGatewayF
     small = await make_app_gateway(max_page_size=100, database_path=str(tmp_path / "gateway.db"))
     async with small.client() as c:
         r = await c.get("/sessions", params={"limit": 800}, headers=auth("admin"))
-        assert (len(r.json()["sessions"]), r.json()["limit"]) == (100, 100)
+        assert len(r.json()) == 100 and r.headers["x-next-cursor"]

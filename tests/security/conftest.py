@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from security_kit import Gateway, security_settings
 
@@ -13,8 +14,12 @@ from support.servers import ServerThread
 
 @pytest.fixture(scope="module")
 def shared_gateway(devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One gateway for a whole module (the fuzz and matrix tests make hundreds of requests against it)."""
+    """One gateway for a whole module (the fuzz and matrix tests make hundreds of requests against it).
+
+    Those requests also change the dev users' profiles and passwords in the shared reference downstream
+    (``PUT /profile``): it is reset afterwards, so later tests meet the users as documented."""
     settings = security_settings(tmp_path_factory.mktemp("security-gw"), devstack.url)
     server = ServerThread(create_app(settings)).start()
     yield Gateway(server, settings)
     server.stop()
+    httpx.post(devstack.url + "/_control/reset", timeout=10).raise_for_status()

@@ -69,6 +69,7 @@ def assert_error(resp: httpx.Response, status: int | Iterable[int], *, sent: Ite
     body = resp.json()
     assert isinstance(body, dict) and isinstance(body.get("error"), dict), body
     assert isinstance(body["error"].get("code"), str) and isinstance(body["error"].get("message"), str), body
+    assert body.get("detail") == body["error"]["message"], body  # the FastAPI-style twin of the message
     assert_no_leak(resp.text, sent=sent)
     return body
 

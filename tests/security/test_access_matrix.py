@@ -87,6 +87,11 @@ RULES = [
     Rule("GET", "/health/services", everyone(200)),
     Rule("GET", "/metrics", everyone(200)),
     Rule("GET", "/profile", everyone(200, anon=401)),
+    Rule("PUT", "/profile", everyone(200, anon=401), {"first_name": "Matrix"}),
+    # a wrong old password: every role reaches the auth service, which refuses it (400, passed through)
+    Rule(
+        "PUT", "/profile/change-password", everyone(400, anon=401), {"old_password": "wrong", "new_password": "secret1"}
+    ),
     Rule("POST", "/sessions", {"admin": 201, "teacher": 201, "teacher2": 201, "student": 403}, {"name": "m"}),
     Rule("GET", "/sessions", everyone(200, anon=401)),
     Rule("GET", "/sessions/stats", {"admin": 200, "teacher": 200, "teacher2": 200, "student": 403}),
@@ -210,7 +215,7 @@ def test_list_and_stats_are_scoped_to_the_caller(client: httpx.Client) -> None:
     def ids(token: str, **params: Any) -> set[str]:
         r = client.get("/sessions", params={"category": f"cat{tag}", **params}, headers=h(token))
         assert r.status_code == 200, r.text
-        return {s["session_id"] for s in r.json()["sessions"]}
+        return {s["session_id"] for s in r.json()}
 
     assert ids(me) == set(mine)
     assert ids(other) == {theirs}
@@ -220,7 +225,7 @@ def test_list_and_stats_are_scoped_to_the_caller(client: httpx.Client) -> None:
     assert_error(client.get("/sessions", params={"user_id": f"other{tag}"}, headers=h(me)), 403)
     assert_error(client.get("/sessions", params={"user_id": f"me{tag}"}, headers=h(pupil)), 403)
     admin = client.get("/sessions", params={"category": f"cat{tag}", "user_id": f"other{tag}"}, headers=auth("admin"))
-    assert {s["session_id"] for s in admin.json()["sessions"]} == {theirs}
+    assert {s["session_id"] for s in admin.json()} == {theirs}
     stats = client.get("/sessions/stats", headers=h(me)).json()
     assert stats["total"] == 3 and stats["by_status"]["ACTIVE"] == 2 and stats["by_status"]["COMPLETED"] == 1
     assert client.get("/sessions/stats", headers=h(other)).json()["total"] == 1

@@ -138,3 +138,23 @@ async def test_raw_token_is_not_a_cache_key(fake: FakeAuthService, downstream: D
     await auth.resolve(bearer("secret-token-value"))
     keys: Any = list(auth._cache)
     assert keys and all("secret-token-value" not in k for k in keys)
+
+
+async def test_forget_drops_the_entry_and_a_lookup_in_flight(fake: FakeAuthService, downstream: Downstream) -> None:
+    auth = Authenticator(downstream, ttl_s=3600, max_entries=10)
+    await auth.resolve(bearer("t1"))
+    auth.forget(bearer("t1"))
+    await auth.resolve(bearer("t1"))
+    assert fake.calls == ["t1", "t1"]  # forgotten: looked up again despite the long TTL
+    # a lookup that started before the change answers its waiters but is not cached (it may predate the change)
+    fake.gate = asyncio.Event()
+    auth.forget(bearer("t1"))
+    stale = asyncio.ensure_future(auth.resolve(bearer("t1")))
+    await asyncio.sleep(0.01)
+    auth.forget(bearer("t1"))
+    fake.gate.set()
+    assert (await stale).id == "id-t1"
+    await auth.resolve(bearer("t1"))
+    assert fake.calls == ["t1"] * 4
+    await auth.resolve(bearer("t1"))
+    assert fake.calls == ["t1"] * 4  # the fresh lookup is cached as usual

@@ -81,9 +81,13 @@ async def no_body() -> Message:
 
 def test_error_body_is_the_documented_envelope() -> None:
     assert error_body("not_found", "session not found", {"session_id": "x"}) == {
-        "error": {"code": "not_found", "message": "session not found", "details": {"session_id": "x"}}
+        "error": {"code": "not_found", "message": "session not found", "details": {"session_id": "x"}},
+        "detail": "session not found",
     }
-    assert error_body("overloaded", "busy") == {"error": {"code": "overloaded", "message": "busy", "details": None}}
+    assert error_body("overloaded", "busy") == {
+        "error": {"code": "overloaded", "message": "busy", "details": None},
+        "detail": "busy",
+    }
 
 
 # --------------------------------------------------------------------------------------------- request id
