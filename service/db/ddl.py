@@ -80,3 +80,22 @@ CREATE TABLE IF NOT EXISTS sessions (
     updated_at  TEXT
 )
 """
+
+# The markdown library (SPEC "Library and jobs"): a file belongs to its uploader; in the database so every worker
+# and replica sees one library and a backup holds it. The bounds mirror ``service.library.models``.
+LIBRARY_FILES_DDL = """
+CREATE TABLE library_files (
+    id         INTEGER PRIMARY KEY,
+    owner_id   TEXT NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 128),
+    filename   TEXT NOT NULL CHECK (length(filename) BETWEEN 4 AND 200 AND filename LIKE '%.md'),
+    content    TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL CHECK (size_bytes BETWEEN 1 AND 1073741824),
+    created_at INTEGER NOT NULL,
+    CHECK (length(CAST(content AS BLOB)) = size_bytes),
+    UNIQUE (owner_id, filename)
+)
+"""
+
+# Schema step "library": the table; its UNIQUE index serves an owner's listing and lookups by name, this one an
+# admin's lookup of a name across owners.
+LIBRARY_V1 = (LIBRARY_FILES_DDL, "CREATE INDEX idx_library_filename ON library_files (filename, id)")

@@ -19,7 +19,13 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Step] = [_v1]
+def _library(conn: sqlite3.Connection) -> None:
+    """The markdown library's table (its own step, so it can be ordered with other steps at merge)."""
+    for statement in ddl.LIBRARY_V1:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Step] = [_v1, _library]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -48,7 +48,7 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """A database file migrated by the service's own migration, with the service's connection pragmas."""
     c = sqlite3.connect(tmp_path / "constraints.db", isolation_level=None)
     _apply_pragmas(c, cache_kib=1024, busy_ms=1000, synchronous="NORMAL")
-    assert migrations.migrate(c) == ["applied schema migration v1"]
+    assert migrations.migrate(c) == [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
     yield c
     c.close()
 
@@ -193,7 +193,7 @@ def test_schema_checks_agree_with_the_domain_constants(conn: sqlite3.Connection)
 
 def test_migration_is_idempotent_and_versioned(conn: sqlite3.Connection) -> None:
     before = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
     assert migrations.migrate(conn) == []
     assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == before
     names = {r[1] for r in before}
@@ -208,6 +208,8 @@ def test_migration_is_idempotent_and_versioned(conn: sqlite3.Connection) -> None
         "idx_sessions_active",
         "idx_events_session",
         "idx_events_timestamp",
+        "library_files",
+        "idx_library_filename",
     }
     assert expected <= names
     partial = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_sessions_active'").fetchone()[0]

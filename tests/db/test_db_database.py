@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from service.auth import Principal
-from service.db import Database, maintenance
+from service.db import Database, maintenance, migrations
 from service.errors import Conflict, NotFound
 from service.sessions import store
 from service.sessions.models import EventCreate, SessionCreate, SessionEnd, SessionPatch
 from service.settings import DatabaseSettings
+
+ALL_STEPS = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
 
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
@@ -59,7 +61,7 @@ async def test_connection_policy(db: Database) -> None:
     }
     reader = await db.read_fn(pragmas)
     assert reader == {**writer, "query_only": 1}
-    assert (await db.read("PRAGMA user_version"))[0][0] == 1
+    assert (await db.read("PRAGMA user_version"))[0][0] == migrations.SCHEMA_VERSION
     # readers cannot write, whatever they are asked
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await db.read_fn(lambda c: c.execute("DELETE FROM sessions"))
@@ -203,7 +205,7 @@ async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     path = str(tmp_path / "reopen.db")
     first = Database(path)
     await first.open()
-    assert first.migrations_applied == ["applied schema migration v1"]
+    assert first.migrations_applied == ALL_STEPS
     s = await store.create_session(first, ADMIN, SessionCreate(name="kept"), max_metadata_bytes=META_MAX)
     await first.close()
     second = Database(path)

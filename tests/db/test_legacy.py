@@ -314,7 +314,10 @@ def assert_migrated(conn: sqlite3.Connection) -> None:
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sessions_legacy_backup' AND sql NOT NULL"
     ).fetchall()
     assert backup_indexes == []
-    new_indexes = conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL").fetchall()
+    new_indexes = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL"
+        " AND tbl_name IN ('sessions', 'session_events')"
+    ).fetchall()
     assert {name for (name,) in new_indexes} == NEW_INDEXES
 
     rejected = conn.execute("SELECT session_id, reason, row_json FROM legacy_rejected ORDER BY rowid").fetchall()
@@ -362,7 +365,7 @@ async def test_database_open_migrates_legacy_database(legacy_path: Path) -> None
     db = Database(str(legacy_path))
     try:
         await db.open()
-        [summary] = db.migrations_applied
+        summary, *_ = db.migrations_applied
         assert summary.startswith(
             f"migrated legacy database: {len(reference_rows())} legacy rows -> {len(GOOD_ROWS)} sessions"
             f" with {len(EXPECTED_EVENTS)} events; original table kept as sessions_legacy_backup"
@@ -403,7 +406,8 @@ def test_schema_migrate_with_sqlite3_and_report(legacy_path: Path, monkeypatch: 
     done = run_migrate(legacy_path)
 
     [report] = reports
-    assert done == [report.summary()]
+    later = [f"applied schema migration v{n}" for n in range(2, migrations.SCHEMA_VERSION + 1)]
+    assert done == [report.summary(), *later]
     assert report.legacy_rows == len(GOOD_ROWS) + len(BAD_ROWS)
     assert report.migrated_sessions == len(GOOD_ROWS)
     assert report.migrated_events == len(EXPECTED_EVENTS)
@@ -428,7 +432,7 @@ def test_legacy_connection_with_default_isolation_level(legacy_path: Path) -> No
     """The CLI might hand over a plain ``sqlite3.connect()`` connection (legacy transaction control)."""
     conn = sqlite3.connect(legacy_path)
     try:
-        assert len(migrations.migrate(conn)) == 1
+        assert len(migrations.migrate(conn)) == migrations.SCHEMA_VERSION  # the conversion, then the later steps
     finally:
         conn.close()
     conn = connect(legacy_path)
@@ -440,7 +444,7 @@ def test_legacy_connection_with_default_isolation_level(legacy_path: Path) -> No
 
 def test_empty_legacy_table(tmp_path: Path) -> None:
     path = make_legacy_db(tmp_path / "empty.db", [])
-    [summary] = run_migrate(path)
+    summary, *_ = run_migrate(path)
     assert summary.startswith("migrated legacy database: 0 legacy rows -> 0 sessions with 0 events")
     conn = connect(path)
     assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
@@ -458,7 +462,7 @@ def test_taken_names_get_a_suffix(tmp_path: Path) -> None:
             "CREATE TABLE legacy_rejected (x)",
         ),
     )
-    [summary] = run_migrate(path)
+    summary, *_ = run_migrate(path)
     assert "original table kept as sessions_legacy_backup_2" in summary
     assert "kept in sessions_legacy_backup_2 and legacy_rejected_2" in summary
     conn = connect(path)
@@ -516,7 +520,7 @@ def test_row_refused_by_sqlite_is_rejected_not_fatal(tmp_path: Path, monkeypatch
         GOOD_ROWS[1],
     ]
     path = make_legacy_db(tmp_path / "net.db", rows)
-    [summary] = run_migrate(path)
+    summary, *_ = run_migrate(path)
     assert "3 legacy rows -> 2 sessions with 6 events" in summary
     conn = connect(path)
     try:
@@ -630,7 +634,7 @@ async def test_failure_through_database_open_rolls_back(
     db = Database(str(legacy_path))
     try:
         await db.open()
-        assert len(db.migrations_applied) == 1
+        assert len(db.migrations_applied) == migrations.SCHEMA_VERSION  # the conversion, then the later steps
     finally:
         await db.close()
     conn = connect(legacy_path)
@@ -668,7 +672,7 @@ def test_100k_row_legacy_database(tmp_path: Path) -> None:
     conn.close()
 
     started = time.perf_counter()
-    [summary] = run_migrate(path)
+    summary, *_ = run_migrate(path)
     elapsed = time.perf_counter() - started
     assert summary.startswith(
         f"migrated legacy database: {n} legacy rows -> {n - 100} sessions with {2 * (n - 100)} events"

@@ -78,11 +78,13 @@ def test_processes_racing_to_migrate_a_fresh_file_all_succeed_and_one_applies(tm
         reports = [done for p, _, done in outcomes if p == path and isinstance(done, list)]
         assert len(reports) == PROCESSES
         assert sorted(reports, key=len)[:-1] == [[]] * (PROCESSES - 1), reports  # the losers: already current
-        [applied] = max(reports, key=len)
-        if path in legacy_paths:
-            assert applied.startswith("migrated legacy database: 1 legacy rows -> 1 sessions"), applied
+        applied = max(reports, key=len)
+        steps = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
+        if path in legacy_paths:  # converted to v1, then the later steps
+            assert applied[0].startswith("migrated legacy database: 1 legacy rows -> 1 sessions"), applied
+            assert applied[1:] == steps[1:]
         else:
-            assert applied == "applied schema migration v1"
+            assert applied == steps
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.SCHEMA_VERSION
@@ -137,3 +139,53 @@ def test_no_import_cycle_among_the_db_modules() -> None:
 def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
     r = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_v1_file_with_data_takes_the_library_step_with_its_data_intact(tmp_path: Path) -> None:
+    """A database written by the v1 build (schema v1 only, rows in it) migrates to the current version."""
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrations.MIGRATIONS[0](conn)  # the v1 build's schema, exactly
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute(
+            "INSERT INTO sessions (session_id, user_id, start_time, start_state, current_state, status, metadata,"
+            " created_at, updated_at) VALUES ('s1', 'u1', 10, 0, 2, 'ACTIVE', '{\"name\": \"kept\"}', 10, 11)"
+        )
+        conn.execute(
+            "INSERT INTO session_events (session_id, event_type, timestamp) VALUES ('s1', 'SESSION_STARTED', 10)"
+        )
+        before = (
+            conn.execute("SELECT * FROM sessions").fetchall(),
+            conn.execute("SELECT * FROM session_events").fetchall(),
+        )
+        done = migrations.migrate(conn)
+        assert done == [f"applied schema migration v{n}" for n in range(2, migrations.SCHEMA_VERSION + 1)]
+        assert migrations.current_version(conn) == migrations.SCHEMA_VERSION
+        after = (
+            conn.execute("SELECT * FROM sessions").fetchall(),
+            conn.execute("SELECT * FROM session_events").fetchall(),
+        )
+        assert after == before
+        conn.execute(
+            "INSERT INTO library_files (owner_id, filename, content, size_bytes, created_at) "
+            "VALUES ('u1', 'a.md', 'é', 2, 1)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):  # UNIQUE per owner
+            conn.execute(
+                "INSERT INTO library_files (owner_id, filename, content, size_bytes, created_at) "
+                "VALUES ('u1', 'a.md', 'x', 1, 1)"
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the size must be the content's bytes
+            conn.execute(
+                "INSERT INTO library_files (owner_id, filename, content, size_bytes, created_at) "
+                "VALUES ('u1', 'b.md', 'é', 1, 1)"
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # only .md names
+            conn.execute(
+                "INSERT INTO library_files (owner_id, filename, content, size_bytes, created_at) "
+                "VALUES ('u1', 'b.txt', 'x', 1, 1)"
+            )
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
