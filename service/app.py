@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service.api import admin, health, profile, rag, sessions
+from service.api import admin, health, library, profile, rag, sessions
 from service.api.endpoint import Endpoint, routes_for
 from service.api.openapi import build_openapi
 from service.auth import Authenticator
@@ -47,7 +47,14 @@ class StartupError(RuntimeError):
 
 
 def all_endpoints() -> list[Endpoint]:
-    return [*health.ENDPOINTS, *sessions.ENDPOINTS, *rag.ENDPOINTS, *profile.ENDPOINTS, *admin.ENDPOINTS]
+    return [
+        *health.ENDPOINTS,
+        *sessions.ENDPOINTS,
+        *rag.ENDPOINTS,
+        *library.ENDPOINTS,
+        *profile.ENDPOINTS,
+        *admin.ENDPOINTS,
+    ]
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -107,8 +114,13 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
     upload_paths = ("/api/documents/process-and-store", "/documents/process-and-store")
     upload_limit = settings.max_upload_bytes * settings.max_upload_files + 65_536
 
+    library_paths = (library.UPLOAD_PATH, "/api" + library.UPLOAD_PATH)
+    library_limit = max(settings.max_upload_bytes + 65_536, settings.max_body_bytes)
+
     def body_limit(path: str) -> int:
-        return upload_limit if path in upload_paths else settings.max_body_bytes
+        if path in upload_paths:
+            return upload_limit
+        return library_limit if path in library_paths else settings.max_body_bytes
 
     routes: list[BaseRoute] = [
         Route("/openapi.json", openapi_json, methods=["GET"]),

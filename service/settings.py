@@ -164,6 +164,7 @@ class LimitSettings(_Group):
     max_body_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 1_048_576
     max_upload_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 10_485_760
     max_upload_files: Annotated[int, Field(ge=1, le=1000)] = 20
+    library_max_files: Annotated[int, Field(ge=1, le=1_000_000)] = 1000  # markdown library files per owner
     max_metadata_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 65_536
     max_event_data_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 16_384
     max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_LIMIT)] = 500  # what the listings' models accept

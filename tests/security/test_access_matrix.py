@@ -75,6 +75,10 @@ class Rule:
     targets: bool = False
     upload: bool = False
     documents: bool = False  # the active sessions need a processed document (questions, reprocess)
+    markdown: bool = False  # a library upload (multipart ``file``)
+
+
+STAFF_ONLY = {"admin": 200, "teacher": 200, "teacher2": 200, "student": 403}
 
 
 def everyone(status: int, anon: int | None = None) -> dict[str, Any]:
@@ -121,6 +125,12 @@ RULES = [
         documents=True,
     ),
     Rule("POST", UPLOAD, ACTIVE_ONLY_CHANGE, targets=True, upload=True),
+    # the markdown library: staff only; a name the caller has no file of is a 404 (delete_all needs its flag: 422)
+    Rule("POST", "/documents/upload-markdown", STAFF_ONLY, markdown=True),
+    Rule("GET", "/documents/list-markdown", STAFF_ONLY),
+    Rule("GET", "/documents/markdown/{filename}", {**STAFF_ONLY, "admin": 404, "teacher": 404, "teacher2": 404}),
+    Rule("DELETE", "/documents/markdown/{filename}", {**STAFF_ONLY, "admin": 404, "teacher": 404, "teacher2": 404}),
+    Rule("DELETE", "/documents/markdown", {**STAFF_ONLY, "admin": 422, "teacher": 422, "teacher2": 422}),
 ]
 
 
@@ -149,7 +159,9 @@ def client(shared_gateway: Gateway) -> Iterator[httpx.Client]:
 
 def call(client: httpx.Client, rule: Rule, path: str, role: str, session_id: str | None) -> httpx.Response:
     headers = {} if role == "anon" else auth(role)
-    url = path.replace("{session_id}", session_id or "")
+    url = path.replace("{session_id}", session_id or "").replace("{filename}", "never-uploaded.md")
+    if rule.markdown:
+        return client.post(url, files={"file": ("matrix.md", b"# Matrix\n", "text/markdown")}, headers=headers)
     if rule.upload:
         return client.post(
             url,

@@ -1,0 +1,1 @@
+"""The markdown library: teachers' (and admins') uploaded .md files, stored in the database."""

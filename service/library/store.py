@@ -1,0 +1,89 @@
+"""SQL of the markdown library: one awaited database call per operation.
+
+Who sees what: a teacher their own files; an admin every owner's (listing, reading, deleting). An admin naming a
+file reads or deletes their own file of that name if they have one, else the earliest uploaded of that name
+(names are unique per owner only). A file the caller may not see answers exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from service.auth import Principal
+from service.db import Database
+from service.errors import Conflict, NotFound
+from service.library.models import candidate
+from service.timeutil import now_ms
+
+# The caller's files: a teacher's own; an admin's own first, then everyone's by upload order.
+_PICK = (
+    "SELECT id, content FROM library_files WHERE filename = ? AND (owner_id = ? OR ?) "
+    "ORDER BY owner_id = ? DESC, id LIMIT 1"
+)
+
+
+def _pick_params(principal: Principal, filename: str) -> tuple[str, str, bool, str]:
+    return filename, principal.id, principal.role == "admin", principal.id
+
+
+def not_found(filename: str) -> NotFound:
+    return NotFound("markdown file not found", details={"filename": filename[:200]})
+
+
+async def add(db: Database, principal: Principal, name: str, content: str, size: int, *, max_files: int) -> str:
+    """Store under ``name``, or ``stem_1.md``, ``stem_2.md``, ... when taken; the name used. 409 when full."""
+
+    def run(conn: sqlite3.Connection) -> str:
+        (count,) = conn.execute("SELECT count(*) FROM library_files WHERE owner_id = ?", (principal.id,)).fetchone()
+        if count >= max_files:
+            raise Conflict(f"your markdown library is full ({max_files} files)", details={"max_files": max_files})
+        # at most ``count`` names are taken, so one of the first count + 1 candidates is free
+        for n in range(count + 1):
+            chosen = candidate(name, n)
+            taken = conn.execute(
+                "SELECT 1 FROM library_files WHERE owner_id = ? AND filename = ?", (principal.id, chosen)
+            ).fetchone()
+            if taken is None:
+                conn.execute(
+                    "INSERT INTO library_files (owner_id, filename, content, size_bytes, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (principal.id, chosen, content, size, now_ms()),
+                )
+                return chosen
+        raise AssertionError("unreachable: a free name exists")
+
+    return await db.write(run)
+
+
+async def names(db: Database, principal: Principal) -> list[str]:
+    """The caller's file names (an admin: every owner's), in upload order."""
+    rows = await db.read(
+        "SELECT filename FROM library_files WHERE owner_id = ? OR ? ORDER BY id",
+        (principal.id, principal.role == "admin"),
+    )
+    return [row["filename"] for row in rows]
+
+
+async def content(db: Database, principal: Principal, filename: str) -> str:
+    rows = await db.read(_PICK, _pick_params(principal, filename))
+    if not rows:
+        raise not_found(filename)
+    return str(rows[0]["content"])
+
+
+async def delete(db: Database, principal: Principal, filename: str) -> None:
+    def run(conn: sqlite3.Connection) -> None:
+        row = conn.execute(_PICK, _pick_params(principal, filename)).fetchone()
+        if row is None:
+            raise not_found(filename)
+        conn.execute("DELETE FROM library_files WHERE id = ?", (row["id"],))
+
+    await db.write(run)
+
+
+async def delete_all(db: Database, principal: Principal) -> int:
+    """Delete what the caller's listing shows; how many."""
+    rows = await db.write_sql(
+        "DELETE FROM library_files WHERE owner_id = ? OR ? RETURNING id", (principal.id, principal.role == "admin")
+    )
+    return len(rows)
