@@ -12,11 +12,11 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, Va
 from service.library import store
 from service.library.models import (
     DeleteAllQuery,
-    Deleted,
-    DeletedAll,
     MarkdownContent,
+    MarkdownDeleted,
+    MarkdownDeletedAll,
     MarkdownList,
-    Uploaded,
+    MarkdownUploaded,
     UploadMarkdown,
     clean_filename,
 )
@@ -93,7 +93,7 @@ ENDPOINTS = [
         TAG,
         STAFF,
         body=UploadMarkdown,
-        response=Uploaded,
+        response=MarkdownUploaded,
         multipart=True,
         errors=(409, 413, 415, 422),
     ),
@@ -117,7 +117,7 @@ ENDPOINTS = [
         "Delete one library file",
         TAG,
         STAFF,
-        response=Deleted,
+        response=MarkdownDeleted,
         errors=(404,),
     ),
     Endpoint(
@@ -128,7 +128,7 @@ ENDPOINTS = [
         TAG,
         STAFF,
         query=DeleteAllQuery,
-        response=DeletedAll,
+        response=MarkdownDeletedAll,
         errors=(422,),
     ),
 ]

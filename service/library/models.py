@@ -54,7 +54,7 @@ class DeleteAllQuery(BaseModel):
     delete_all: bool = False
 
 
-class Uploaded(BaseModel):
+class MarkdownUploaded(BaseModel):
     success: bool
     message: str
     markdown_filename: str
@@ -70,11 +70,11 @@ class MarkdownContent(BaseModel):
     content: str
 
 
-class Deleted(BaseModel):
+class MarkdownDeleted(BaseModel):
     deleted: bool
     filename: str
 
 
-class DeletedAll(BaseModel):
+class MarkdownDeletedAll(BaseModel):
     deleted: bool
     count: int

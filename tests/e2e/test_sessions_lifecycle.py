@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
 
+from service.db import migrations
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 
@@ -424,7 +425,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     r = await client.get("/health/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "database": "ok", "schema_version": 1}
+    assert r.json() == {"status": "ready", "database": "ok", "schema_version": migrations.SCHEMA_VERSION}
 
 
 async def test_openapi_document(client: httpx.AsyncClient) -> None:
