@@ -230,3 +230,16 @@ async def test_every_worker_sees_one_library(make_app_gateway: AppGatewayFactory
         assert (await upload(a, "one.md")).status_code == 200
         assert await listing(b) == ["one.md"]
         assert (await b.get("/api/documents/markdown/one.md", headers=auth("teacher"))).json()["content"] == MD.decode()
+
+
+async def test_an_upper_case_suffix_is_listed_as_md(client: httpx.AsyncClient) -> None:
+    assert (await upload(client, "Notes.MD")).json()["markdown_filename"] == "Notes.md"
+    assert (await upload(client, "Notes.md")).json()["markdown_filename"] == "Notes_1.md"
+
+
+async def test_a_backup_holds_the_library(gateway: InProcessServer, client: httpx.AsyncClient) -> None:
+    assert (await upload(client, "kept.md")).status_code == 200
+    r = await client.post("/admin/backup", headers=auth("admin"))
+    assert r.status_code == 201, r.text
+    rows = await sql(r.json()["path"], "SELECT filename, content FROM library_files")
+    assert rows == [("kept.md", MD.decode())]
