@@ -27,11 +27,22 @@ SERVICE_EVENT_TYPES = frozenset(
     }
 )
 # Keys of the stored metadata object that the service owns; client metadata may not set them.
-RESERVED_METADATA_KEYS = frozenset({"name", "category", "description", "rag_settings", "counters"})
+# Text fields rendered as "" when unset, list fields as [] (the old gateway's types), and the one flag.
+TEXT_FIELDS = ("description", "grade_level", "subject_area")
+LIST_FIELDS = ("learning_objectives", "tags")
+RESERVED_METADATA_KEYS = frozenset(
+    {"name", "category", "rag_settings", "counters", "is_public", *TEXT_FIELDS, *LIST_FIELDS}
+)
 COUNTERS = ("document_count", "total_chunks", "query_count", "questions_generated")
 MAX_JSON_DEPTH = 16
 
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=2000)]
+GradeLevel = Annotated[str, Field(max_length=100)]
+SubjectArea = Annotated[str, Field(max_length=200)]
+# Lists of short labels (learning objectives, tags): bounded in count and item length, no empty items.
+ListItem = Annotated[str, Field(min_length=1, max_length=500)]
+TextList = Annotated[list[ListItem], Field(max_length=50)]
 
 
 class Strict(BaseModel):
@@ -102,9 +113,19 @@ class RagSettings(QueryKnobs):
 
 
 class SessionCreate(Strict):
+    """Our fields plus the old gateway's ``CreateSessionRequest`` ones, so its web client works unchanged."""
+
     name: ShortText
     category: str | None = Field(default=None, max_length=100)
-    description: str | None = Field(default=None, max_length=2000)
+    description: Description | None = None
+    grade_level: GradeLevel | None = None
+    subject_area: SubjectArea | None = None
+    learning_objectives: TextList | None = None
+    tags: TextList | None = None
+    is_public: bool = False
+    created_by: str | None = Field(
+        default=None, max_length=200, description="accepted for the old client and ignored: the owner is the caller"
+    )
     start_state: State = 0
     metadata: dict[str, Any] = Field(default_factory=dict)
     rag_settings: RagSettings | None = None
@@ -117,7 +138,12 @@ class SessionPatch(Strict):
 
     name: ShortText | None = None
     category: str | None = Field(default=None, max_length=100)
-    description: str | None = Field(default=None, max_length=2000)
+    description: Description | None = None
+    grade_level: GradeLevel | None = None
+    subject_area: SubjectArea | None = None
+    learning_objectives: TextList | None = None
+    tags: TextList | None = None
+    is_public: bool | None = None
     metadata: dict[str, Any] | None = None
 
     _meta = field_validator("metadata")(lambda v: None if v is None else _check_client_metadata(v))
@@ -194,13 +220,6 @@ class GetQuery(Strict):
 
 
 # -- responses -------------------------------------------------------------------------------------------
-class Counters(BaseModel):
-    document_count: int = 0
-    total_chunks: int = 0
-    query_count: int = 0
-    questions_generated: int = 0
-
-
 class EventOut(BaseModel):
     id: int
     session_id: str
@@ -211,12 +230,25 @@ class EventOut(BaseModel):
 
 
 class SessionOut(BaseModel):
+    """A session: the old gateway's ``SessionResponse`` fields (same names and types) beside ours.
+
+    Each value appears once. ``created_by`` is the owner (``user_id``); ``last_accessed`` is ``updated_at``
+    (every write, a RAG query or question generation included, moves it). ``user_rating``, ``backup_count`` and
+    ``student_entry_count`` are not tracked by this service and are always 0.
+    """
+
     session_id: str
     user_id: str
+    created_by: str
     status: Status
     name: str | None
     category: str | None
-    description: str | None
+    description: str
+    grade_level: str
+    subject_area: str
+    learning_objectives: list[str]
+    tags: list[str]
+    is_public: bool
     start_state: int
     current_state: int
     end_state: int | None
@@ -227,11 +259,18 @@ class SessionOut(BaseModel):
     duration_ms: int | None
     metadata: dict[str, Any]
     rag_settings: dict[str, Any]
-    counters: Counters
+    document_count: int
+    total_chunks: int
+    query_count: int
+    questions_generated: int
+    student_entry_count: int
+    user_rating: float
+    backup_count: int
     created_at: str
     created_at_ms: int
     updated_at: str
     updated_at_ms: int
+    last_accessed: str
     events: list[EventOut] | None = None
     events_truncated: bool | None = Field(
         default=None, description="with ?include=events: true when more than 1000 events exist (page them via /events)"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
 
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
+from support.session_view import counters_of
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -37,7 +38,7 @@ async def test_create_writes_session_started_with_the_session(
     assert (s["start_state"], s["current_state"], s["end_state"]) == (3, 3, None)
     assert s["metadata"] == {"client": "web", "nested": {"a": [1, 2]}}
     assert s["rag_settings"] == {"top_k": 7, "use_rerank": True}
-    assert s["counters"] == {"document_count": 0, "total_chunks": 0, "query_count": 0, "questions_generated": 0}
+    assert counters_of(s) == {"document_count": 0, "total_chunks": 0, "query_count": 0, "questions_generated": 0}
     assert s["end_time"] is None and s["end_time_ms"] is None and s["duration_ms"] is None
     assert ISO_UTC.match(s["start_time"]) and ISO_UTC.match(s["created_at"]) and ISO_UTC.match(s["updated_at"])
     assert s["start_time_ms"] == s["created_at_ms"] == s["updated_at_ms"]
@@ -188,9 +189,9 @@ async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None
     assert (out["name"], out["category"], out["description"]) == ("Renamed", "cat", "desc")
 
     out = await patch({"description": None, "category": None})
-    assert (out["name"], out["category"], out["description"]) == ("Renamed", None, None)
+    assert (out["name"], out["category"], out["description"]) == ("Renamed", None, "")
     assert out["metadata"] == {"keep": 1, "new": "x", "deep": {"a": 1, "c": 3}}
-    assert out["rag_settings"] == {} and out["counters"]["query_count"] == 0
+    assert out["rag_settings"] == {} and out["query_count"] == 0
 
     # name cannot be removed; an empty patch and reserved keys are refused; nothing changes
     for bad in ({"name": None}, {}, {"metadata": {"name": "x"}}, {"metadata": {"counters": None}}, {"name": "  "}):
@@ -199,7 +200,7 @@ async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None
     assert {k: r.json()[k] for k in ("name", "category", "description", "metadata")} == {
         "name": "Renamed",
         "category": None,
-        "description": None,
+        "description": "",
         "metadata": {"keep": 1, "new": "x", "deep": {"a": 1, "c": 3}},
     }
     updates = [e for e in await all_events(client, sid, "teacher") if e["event_type"] == "METADATA_UPDATED"]
@@ -472,3 +473,96 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert {"status", "limit", "cursor", "started_after", "ended_before"} <= list_params
     op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(op_ids) == len(set(op_ids))
+
+
+# The old gateway's SessionResponse: every field, with its type (the web client reads them unchanged).
+OLD_SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "session_id": str,
+    "name": str,
+    "description": str,
+    "category": str,
+    "status": str,
+    "created_by": str,
+    "created_at": str,
+    "updated_at": str,
+    "last_accessed": str,
+    "grade_level": str,
+    "subject_area": str,
+    "learning_objectives": list,
+    "tags": list,
+    "document_count": int,
+    "total_chunks": int,
+    "query_count": int,
+    "user_rating": float,
+    "is_public": bool,
+    "backup_count": int,
+    "rag_settings": dict,
+}
+
+
+async def test_old_client_create_request_and_session_response(client: httpx.AsyncClient) -> None:
+    body = {
+        "name": "Hücre",
+        "description": "",
+        "category": "general",
+        "created_by": "someone-else",  # ignored: the owner is the caller
+        "grade_level": "9",
+        "subject_area": "Biyoloji",
+        "learning_objectives": ["Hücreyi tanır", "Organelleri sayar"],
+        "tags": ["bio"],
+        "is_public": True,
+    }
+    r = await client.post("/sessions", json=body, headers=auth("teacher"))
+    assert r.status_code == 201, r.text
+    sid = r.json()["session_id"]
+    for s in (r.json(), (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()):
+        for field, kind in OLD_SESSION_FIELDS.items():
+            assert isinstance(s[field], kind), (field, s[field])
+        assert "counters" not in s and s["created_by"] == s["user_id"] == "u-teacher"
+        assert {k: s[k] for k in body if k != "created_by"} == {k: v for k, v in body.items() if k != "created_by"}
+        assert s["last_accessed"] == s["updated_at"] and "created_by" not in s["metadata"]
+        assert (s["user_rating"], s["backup_count"], s["student_entry_count"]) == (0.0, 0, 0)
+
+    # unset: the old defaults ("" and [] and false), never null
+    r = await client.post("/sessions", json={"name": "bare"}, headers=auth("teacher"))
+    bare = r.json()
+    assert (bare["description"], bare["grade_level"], bare["subject_area"]) == ("", "", "")
+    assert (bare["learning_objectives"], bare["tags"], bare["is_public"]) == ([], [], False)
+
+
+async def test_patch_descriptive_fields(client: httpx.AsyncClient) -> None:
+    sid = (await create(client, "teacher", tags=["a"], grade_level="5", is_public=True))["session_id"]
+
+    async def patch(body: dict[str, Any]) -> dict[str, Any]:
+        r = await client.patch(f"/sessions/{sid}", json=body, headers=auth("teacher"))
+        assert r.status_code == 200, r.text
+        return cast(dict[str, Any], r.json())
+
+    out = await patch({"tags": ["x", "y"], "learning_objectives": ["o"], "subject_area": "Fen", "is_public": False})
+    assert (out["tags"], out["learning_objectives"], out["subject_area"], out["is_public"]) == (
+        ["x", "y"],
+        ["o"],
+        "Fen",
+        False,
+    )
+    assert out["grade_level"] == "5" and out["metadata"] == {}
+    out = await patch({"tags": None, "grade_level": None, "description": "d"})
+    assert (out["tags"], out["grade_level"], out["description"]) == ([], "", "d")
+
+    # bounded like the rest: refused with 422, nothing written
+    before = (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()
+    for bad in (
+        {"tags": ["t"] * 51},
+        {"tags": ["x" * 501]},
+        {"tags": [" "]},
+        {"learning_objectives": "not a list"},
+        {"learning_objectives": [1]},
+        {"is_public": "yes"},
+        {"grade_level": "g" * 101},
+        {"description": "d" * 2001},
+    ):
+        error_of(await client.patch(f"/sessions/{sid}", json=bad, headers=auth("teacher")), 422, "validation_error")
+        error_of(
+            await client.post("/sessions", json={"name": "n", **bad}, headers=auth("teacher")), 422, "validation_error"
+        )
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json() == before
