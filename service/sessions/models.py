@@ -6,9 +6,19 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from service.sessions.domain import MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, PAGE_SIZE_LIMIT, EndStatus, Status
+from service.sessions.domain import (
+    MAX_EVENT_TYPE_LEN,
+    MAX_STATE,
+    MIN_STATE,
+    PAGE_SIZE_LIMIT,
+    ApiOpenStatus,
+    ApiStatus,
+    EndStatus,
+    OpenStatus,
+    Status,
+)
 
 State = Annotated[int, Field(ge=MIN_STATE, le=MAX_STATE, description=f"client state code, {MIN_STATE}..{MAX_STATE}")]
 EVENT_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
@@ -24,6 +34,7 @@ SERVICE_EVENT_TYPES = frozenset(
         "DOCUMENTS_REPROCESSED",
         "RAG_SETTINGS_UPDATED",
         "METADATA_UPDATED",
+        "STATUS_CHANGED",
     }
 )
 # Keys of the stored metadata object that the service owns; client metadata may not set them.
@@ -37,6 +48,17 @@ COUNTERS = ("document_count", "total_chunks", "query_count", "questions_generate
 MAX_JSON_DEPTH = 16
 
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+# A status sent by a client, in either case (the API renders lower case, the database stores upper case).
+AnyCase = BeforeValidator(_upper)
+StatusIn = Annotated[Status, AnyCase]
+EndStatusIn = Annotated[EndStatus, AnyCase]
+OpenStatusIn = Annotated[OpenStatus, AnyCase]
 Description = Annotated[str, Field(max_length=2000)]
 GradeLevel = Annotated[str, Field(max_length=100)]
 SubjectArea = Annotated[str, Field(max_length=200)]
@@ -176,8 +198,14 @@ class EventCreate(Strict):
 
 
 class SessionEnd(Strict):
-    status: EndStatus = "COMPLETED"
+    status: EndStatusIn = "COMPLETED"
     end_state: State
+
+
+class StatusUpdate(Strict):
+    """The old gateway's ``StatusUpdateRequest``: toggle an open session between active and inactive."""
+
+    status: OpenStatusIn
 
 
 # Unix ms up to the year 9999: larger values would overflow SQLite's 64-bit integers (a 500, not a 422).
@@ -197,7 +225,7 @@ PageLimit = Annotated[
 
 
 class ListQuery(Strict):
-    status: Status | None = None
+    status: StatusIn | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     category: str | None = Field(default=None, max_length=100)
     started_after: TimeMs = None
@@ -240,7 +268,7 @@ class SessionOut(BaseModel):
     session_id: str
     user_id: str
     created_by: str
-    status: Status
+    status: ApiStatus
     name: str | None
     category: str | None
     description: str
@@ -275,6 +303,15 @@ class SessionOut(BaseModel):
     events_truncated: bool | None = Field(
         default=None, description="with ?include=events: true when more than 1000 events exist (page them via /events)"
     )
+
+
+class StatusChanged(BaseModel):
+    """The old gateway's answer to a status change."""
+
+    success: bool
+    session_id: str
+    new_status: ApiOpenStatus
+    updated_session: SessionOut
 
 
 class SessionPage(BaseModel):

@@ -1,7 +1,7 @@
 """Session storage: each ``async`` operation makes exactly one awaited database call (one thread hop).
 
 Under load that hop is shared with concurrent calls (``service/db/batching.py``). The plain functions make no call
-of their own: ``owned_row``, ``require_active`` and ``insert_event`` run inside one, on the connection's thread;
+of their own: ``owned_row``, ``require_open`` and ``insert_event`` run inside one, on the connection's thread;
 ``session_out`` / ``event_out`` render rows.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 
 from service.auth import Principal
 from service.db import Database
-from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_active, session_not_found
+from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_found, session_not_open
 from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
-from service.sessions.domain import ACTIVE, STATUSES
+from service.sessions.domain import ACTIVE, OPEN_STATUSES, STATUSES, OpenStatus
 from service.sessions.models import (
     COUNTERS,
     LIST_FIELDS,
@@ -30,6 +30,7 @@ from service.sessions.models import (
     SessionCreate,
     SessionEnd,
     SessionPatch,
+    StatusUpdate,
 )
 from service.timeutil import iso, now_ms
 
@@ -68,7 +69,7 @@ _RESERVED_PATHS = ", ".join(f"'$.{k}'" for k in sorted(RESERVED_METADATA_KEYS))
 # the event loop; a 100-row page is one string join). tests/db/test_sql_rendering.py keeps the two identical.
 SESSION_JSON = (
     "json_object("
-    "'session_id', session_id, 'user_id', user_id, 'created_by', user_id, 'status', status, "
+    "'session_id', session_id, 'user_id', user_id, 'created_by', user_id, 'status', lower(status), "
     "'name', json_extract(metadata, '$.name'), 'category', json_extract(metadata, '$.category'), "
     + "".join(f"'{k}', {_text_sql(k)}, " for k in TEXT_FIELDS)
     + "".join(f"'{k}', {_list_sql(k)}, " for k in LIST_FIELDS)
@@ -103,7 +104,7 @@ def session_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
         "session_id": row["session_id"],
         "user_id": row["user_id"],
         "created_by": row["user_id"],
-        "status": row["status"],
+        "status": row["status"].lower(),
         "name": meta.get("name"),
         "category": meta.get("category"),
     }
@@ -174,9 +175,13 @@ def owned_row(conn: sqlite3.Connection, principal: Principal, session_id: str) -
     return row
 
 
-def require_active(row: sqlite3.Row) -> None:
-    if row["status"] != ACTIVE:
-        raise session_not_active(row["session_id"], row["status"])
+_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # constants, spelled into SQL
+
+
+def require_open(row: sqlite3.Row) -> None:
+    """409 unless the session is open (active or inactive): its owner keeps working in an inactive one."""
+    if row["status"] not in OPEN_STATUSES:
+        raise session_not_open(row["session_id"], row["status"])
 
 
 # -- operations ----------------------------------------------------------------------------------------------
@@ -363,7 +368,7 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        require_active(row)
+        require_open(row)
         ts = now_ms()
         events = []
         state = row["current_state"]
@@ -388,8 +393,8 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
 async def end_session(db: Database, principal: Principal, session_id: str, body: SessionEnd) -> dict[str, Any]:
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        if row["status"] != ACTIVE:
-            raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"]})
+        if row["status"] not in OPEN_STATUSES:
+            raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"].lower()})
         ts = max(now_ms(), row["start_time"])
         if body.end_state != row["current_state"]:
             insert_event(conn, session_id, "STATE_CHANGED", ts, {"from": row["current_state"], "to": body.end_state})
@@ -406,6 +411,37 @@ async def end_session(db: Database, principal: Principal, session_id: str, body:
             {"status": body.status, "end_state": body.end_state, "duration_ms": ts - row["start_time"]},
         )
         return session_out(updated)
+
+    return await db.write(run)
+
+
+async def set_status(db: Database, principal: Principal, session_id: str, body: StatusUpdate) -> dict[str, Any]:
+    """Toggle an open session between ACTIVE and INACTIVE (the old gateway's status route), with a
+    STATUS_CHANGED event when it changes; an ended session is final (409). Setting the current status again
+    succeeds and records nothing."""
+    new: OpenStatus = body.status
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = owned_row(conn, principal, session_id)
+        old = row["status"]
+        if old not in OPEN_STATUSES:
+            raise Conflict(
+                "an ended session cannot change status", details={"session_id": session_id, "status": old.lower()}
+            )
+        if old != new:
+            ts = now_ms()
+            row = conn.execute(
+                f"UPDATE sessions SET status = ?, updated_at = ? WHERE session_id = ? "  # noqa: S608
+                f"RETURNING {SESSION_COLUMNS}",
+                (new, ts, session_id),
+            ).fetchone()
+            insert_event(conn, session_id, "STATUS_CHANGED", ts, {"from": old, "to": new})
+        return {
+            "success": True,
+            "session_id": session_id,
+            "new_status": new.lower(),
+            "updated_session": session_out(row),
+        }
 
     return await db.write(run)
 
@@ -475,7 +511,7 @@ async def stats(db: Database, principal: Principal) -> dict[str, Any]:
                 scope_args,
             )
         }
-        ended = f"{scope} AND status != 'ACTIVE'"
+        ended = f"{scope} AND status NOT IN {_OPEN_SQL}"
         count, avg = conn.execute(
             f"SELECT count(*), avg(end_time - start_time) FROM sessions WHERE {ended}",  # noqa: S608
             scope_args,
@@ -490,7 +526,7 @@ async def stats(db: Database, principal: Principal) -> dict[str, Any]:
             types = conn.execute("SELECT event_type, count(*) FROM session_events GROUP BY event_type").fetchall()
         return {
             "total": sum(by_status.values()),
-            "by_status": {s: by_status.get(s, 0) for s in STATUSES},
+            "by_status": {s.lower(): by_status.get(s, 0) for s in STATUSES},
             "durations": {
                 "count": count,
                 "avg_ms": None if avg is None else float(avg),

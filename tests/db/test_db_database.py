@@ -59,7 +59,7 @@ async def test_connection_policy(db: Database) -> None:
     }
     reader = await db.read_fn(pragmas)
     assert reader == {**writer, "query_only": 1}
-    assert (await db.read("PRAGMA user_version"))[0][0] == 1
+    assert (await db.read("PRAGMA user_version"))[0][0] == 2
     # readers cannot write, whatever they are asked
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await db.read_fn(lambda c: c.execute("DELETE FROM sessions"))
@@ -94,7 +94,7 @@ async def test_end_is_atomic(db: Database) -> None:
         await store.end_session(db, TEACHER, sid, SessionEnd(end_state=5))
     # neither the status change nor the STATE_CHANGED event written before the failure survived
     got = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
-    assert (got["status"], got["current_state"], got["end_time"]) == ("ACTIVE", 1, None)
+    assert (got["status"], got["current_state"], got["end_time"]) == ("active", 1, None)
     assert [e["event_type"] for e in got["events"]] == ["SESSION_STARTED"]
 
 
@@ -203,7 +203,7 @@ async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     path = str(tmp_path / "reopen.db")
     first = Database(path)
     await first.open()
-    assert first.migrations_applied == ["applied schema migration v1"]
+    assert first.migrations_applied == ["applied schema migration v1", "applied schema migration v2"]
     s = await store.create_session(first, ADMIN, SessionCreate(name="kept"), max_metadata_bytes=META_MAX)
     await first.close()
     second = Database(path)

@@ -36,7 +36,7 @@ LEGACY_INDEXES = (
     "CREATE INDEX idx_sessions_status ON sessions (status)",
 )
 NEW_INDEXES = {statement.split()[2] for statement in ddl.INDEXES}
-STATUSES = "ACTIVE, CANCELLED, COMPLETED, FAULTED"
+STATUSES = "ACTIVE, CANCELLED, COMPLETED, FAULTED, INACTIVE"
 
 Row = tuple[Any, ...]
 
@@ -574,7 +574,7 @@ def dropping_events(monkeypatch: pytest.MonkeyPatch) -> None:
         "CREATE TRIGGER lose_events AFTER INSERT ON session_events BEGIN"
         " DELETE FROM session_events WHERE id = NEW.id; END"
     )
-    monkeypatch.setattr(ddl, "V1", (*ddl.V1, lose_events))
+    monkeypatch.setattr(ddl, "V2", (*ddl.V2, lose_events))
 
 
 def test_failure_mid_way_leaves_file_byte_for_byte_untouched(

@@ -32,7 +32,7 @@ async def test_create_writes_session_started_with_the_session(
     s = r.json()
     assert len(s["session_id"]) >= 32 and s["session_id"].isalnum()
     assert s["user_id"] == "u-teacher"
-    assert s["status"] == "ACTIVE"
+    assert s["status"] == "active"  # lower case in the API; upper case in the database
     assert s["name"] == "Algebra"  # stripped
     assert (s["category"], s["description"]) == ("math", "linear equations")
     assert (s["start_state"], s["current_state"], s["end_state"]) == (3, 3, None)
@@ -119,7 +119,7 @@ async def test_state_changes_events_and_end(client: httpx.AsyncClient) -> None:
         error_of(await client.post(url, json=bad, headers=auth("teacher")), 422, "validation_error")
 
     ended = await end(client, sid, status="FAULTED", end_state=7)
-    assert ended["status"] == "FAULTED"
+    assert ended["status"] == "faulted"
     assert (ended["end_state"], ended["current_state"]) == (7, 7)
     assert ended["end_time_ms"] >= ended["start_time_ms"]
     assert ended["duration_ms"] == ended["end_time_ms"] - ended["start_time_ms"]
@@ -155,12 +155,12 @@ async def test_end_validation_and_same_state(client: httpx.AsyncClient) -> None:
     for bad in ({}, {"end_state": 9}, {"status": "ACTIVE", "end_state": 1}, {"status": "DONE", "end_state": 1}):
         error_of(await client.post(f"/sessions/{sid}/end", json=bad, headers=auth("teacher")), 422)
     ended = await end(client, sid, end_state=2)  # default status, no state change
-    assert ended["status"] == "COMPLETED"
+    assert ended["status"] == "completed"
     types = [e["event_type"] for e in await all_events(client, sid, "teacher")]
     assert types == ["SESSION_STARTED", "SESSION_ENDED"]
-    for status in ("CANCELLED",):
+    for status in ("CANCELLED", "cancelled", "Faulted"):  # either case
         sid2 = (await create(client))["session_id"]
-        assert (await end(client, sid2, status=status, end_state=0))["status"] == status
+        assert (await end(client, sid2, status=status, end_state=0))["status"] == status.lower()
 
 
 async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None:
@@ -295,7 +295,7 @@ async def test_stats(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     st = r.json()
     assert st["total"] == 5
-    assert st["by_status"] == {"ACTIVE": 1, "COMPLETED": 2, "CANCELLED": 1, "FAULTED": 1}
+    assert st["by_status"] == {"active": 1, "inactive": 0, "completed": 2, "cancelled": 1, "faulted": 1}
     d = st["durations"]
     assert d["count"] == 4
     assert d["avg_ms"] == sum(durations) / 4
@@ -307,7 +307,7 @@ async def test_stats(client: httpx.AsyncClient) -> None:
 
     r = await client.get("/sessions/stats", headers=auth("admin"))
     st = r.json()
-    assert st["total"] == 6 and st["by_status"]["ACTIVE"] == 2
+    assert st["total"] == 6 and st["by_status"]["active"] == 2
     assert st["events_by_type"]["SESSION_STARTED"] == 6
     error_of(await client.get("/sessions/stats", headers=auth("student")), 403, "forbidden")
 
@@ -335,6 +335,8 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     assert await ids(category="math") == [c["session_id"], a["session_id"]]
     assert await ids(status="COMPLETED") == [b["session_id"]]
     assert await ids(status="ACTIVE") == [c["session_id"], a["session_id"]]
+    assert await ids(status="active") == await ids(status="Active") == [c["session_id"], a["session_id"]]
+    assert await ids(status="completed") == [b["session_id"]] and await ids(status="inactive") == []
     assert await ids(user_id="u-teacher2") == [c["session_id"]]
     assert await ids("teacher") == [b["session_id"], a["session_id"]]
     assert await ids("teacher", user_id="u-teacher") == [b["session_id"], a["session_id"]]
@@ -347,7 +349,6 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     assert await ids(created_after=a["created_at_ms"], created_before=c["created_at_ms"] + 1) == newest_first
     assert await ids(created_after=c["created_at_ms"] + 1) == []
     for bad in (
-        {"status": "active"},
         {"limit": 0},
         {"limit": 10_001},
         {"started_after": -1},
@@ -425,7 +426,7 @@ async def test_health(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     r = await client.get("/health/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "database": "ok", "schema_version": 1}
+    assert r.json() == {"status": "ready", "database": "ok", "schema_version": 2}
 
 
 async def test_openapi_document(client: httpx.AsyncClient) -> None:
@@ -566,3 +567,54 @@ async def test_patch_descriptive_fields(client: httpx.AsyncClient) -> None:
             await client.post("/sessions", json={"name": "n", **bad}, headers=auth("teacher")), 422, "validation_error"
         )
     assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json() == before
+
+
+async def test_status_toggle_active_inactive(client: httpx.AsyncClient) -> None:
+    sid = (await create(client))["session_id"]
+
+    async def toggle(status: str, role: str = "teacher") -> httpx.Response:
+        return await client.patch(f"/sessions/{sid}/status", json={"status": status}, headers=auth(role))
+
+    r = await toggle("inactive")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"success", "session_id", "new_status", "updated_session"}  # the old gateway's shape
+    assert (body["success"], body["session_id"], body["new_status"]) == (True, sid, "inactive")
+    session = body["updated_session"]
+    assert (session["status"], session["end_time"], session["duration_ms"]) == ("inactive", None, None)
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json() == session
+    # hidden from students, like a missing session; still the owner's to work in
+    error_of(await client.get(f"/sessions/{sid}", headers=auth("student")), 404, "not_found")
+    r = await client.post(f"/sessions/{sid}/events", json={"state": 4}, headers=auth("teacher"))
+    assert r.status_code == 201, r.text
+
+    assert (await toggle("inactive")).status_code == 200  # already inactive: no change, no event
+    assert (await toggle("ACTIVE")).json()["new_status"] == "active"  # either case
+    assert (await client.get(f"/sessions/{sid}", headers=auth("student"))).status_code == 200
+    assert (await toggle("Inactive")).status_code == 200
+    changes = [e["event_data"] for e in await all_events(client, sid, "teacher") if e["event_type"] == "STATUS_CHANGED"]
+    assert changes == [
+        {"from": "ACTIVE", "to": "INACTIVE"},
+        {"from": "INACTIVE", "to": "ACTIVE"},
+        {"from": "ACTIVE", "to": "INACTIVE"},
+    ]
+
+    # only the open statuses; a student may not; another teacher sees nothing
+    for bad in ({"status": "completed"}, {"status": "paused"}, {}, {"status": 1}, {"status": "active", "x": 1}):
+        r = await client.patch(f"/sessions/{sid}/status", json=bad, headers=auth("teacher"))
+        error_of(r, 422, "validation_error")
+    error_of(await toggle("active", "student"), 403, "forbidden")
+    error_of(await toggle("active", "teacher2"), 404, "not_found")
+    error_of(
+        await client.post(f"/sessions/{sid}/events", json={"event_type": "STATUS_CHANGED"}, headers=auth("teacher")),
+        422,
+    )
+
+    # ending works from inactive; an ended session is final
+    ended = await end(client, sid, status="cancelled", end_state=4)
+    assert ended["status"] == "cancelled" and ended["end_time"] is not None
+    for status in ("active", "inactive"):
+        error_of(await toggle(status), 409, "conflict")
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()["status"] == "cancelled"
+    stats = (await client.get("/sessions/stats", headers=auth("teacher"))).json()
+    assert set(stats["by_status"]) == {"active", "inactive", "completed", "cancelled", "faulted"}

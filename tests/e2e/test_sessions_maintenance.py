@@ -76,7 +76,7 @@ async def test_backup_endpoint(client: httpx.AsyncClient, gateway: InProcessServ
     assert (sessions, events) == live
     assert len(sessions) == 12 and len(events) == 12 + 6 * 2  # SESSION_STARTED; E and SESSION_ENDED
     version = await asyncio.to_thread(lambda: sqlite3.connect(backup).execute("PRAGMA user_version").fetchone()[0])
-    assert version == 1
+    assert version == 2
     # a second backup is a distinct file; the first is untouched
     r2 = await client.post("/admin/backup", headers=auth("admin"))
     assert r2.status_code == 201 and r2.json()["path"] != backup
@@ -228,10 +228,10 @@ def test_cli_migrate_fresh_and_idempotent(tmp_path: Path) -> None:
     env = {"DATABASE_PATH": str(path)}
     r = cli("migrate", env=env)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"applied": ["applied schema migration v1"]}
+    assert json.loads(r.stdout) == {"applied": ["applied schema migration v1", "applied schema migration v2"]}
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
         schema_sql = conn.execute("SELECT group_concat(sql, ';') FROM sqlite_master").fetchone()[0]
