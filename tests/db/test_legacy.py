@@ -162,6 +162,9 @@ GOOD_ROWS = [
         metadata="{not json",
     ),
     legacy_row("list-metadata", start_time="2024-03-03T00:00:00", start_state=8, events="[]", metadata='["a", 1]'),
+    # the old gateway's reversible "inactive": open here too (no end time), with the old descriptive fields
+    legacy_row("paused-inactive", start_time="2024-03-04T00:00:00Z", start_state=2, status="INACTIVE",
+               metadata={"tags": ["x"]}),
     legacy_row(
         "unicode-note",
         start_state=4,
@@ -180,6 +183,8 @@ EXPECTED_SESSIONS = [
      json.dumps(NAIVE_META), 1709287200000, 1709292600250),
     ("offset-cancelled", "teacher-2", 1709287200000, 1709290800500, 1, 2, 2, "CANCELLED",
      json.dumps(OFFSET_META), 1709287200000, 1709287200000),
+    ("paused-inactive", "legacy", 1709510400000, None, 2, None, 2, "INACTIVE", '{"tags": ["x"]}',
+     1709510400000, 1709510400000),
     ("space-faulted", "42", 1709370000123, 1709393400000, 1, 7, 7, "FAULTED",
      '{"user_id": 42}', 1709370000123, 1709370000123),
     ("unicode-note", "legacy", 1709287200000, None, 4, None, 4, "ACTIVE",
@@ -219,6 +224,11 @@ BAD_ROWS: list[tuple[Row, str | None, str]] = [
         legacy_row("active-with-end", end_time="2024-03-01T11:00:00"),
         "active-with-end",
         "status ACTIVE but end_time is set",
+    ),
+    (
+        legacy_row("inactive-with-end", status="INACTIVE", end_time="2024-03-01T11:00:00"),
+        "inactive-with-end",
+        "status INACTIVE but end_time is set",
     ),
     (
         legacy_row("ended-without-end", status="COMPLETED", end_state=1),
