@@ -91,6 +91,7 @@ def session_not_found(session_id: str) -> NotFound:
     return NotFound("session not found", details={"session_id": session_id})
 
 
-def session_not_active(session_id: str, status: str) -> Conflict:
-    # One wording for every action that needs an ACTIVE session (events, RAG queries, uploads...).
-    return Conflict(f"session is {status}, not ACTIVE", details={"session_id": session_id, "status": status})
+def session_not_open(session_id: str, status: str) -> Conflict:
+    # One wording for every action that needs an open (active or inactive) session: events, RAG queries, uploads.
+    status = status.lower()  # as the API renders statuses
+    return Conflict(f"session is {status}, not open", details={"session_id": session_id, "status": status})

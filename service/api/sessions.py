@@ -25,6 +25,8 @@ from service.sessions.models import (
     SessionOut,
     SessionPatch,
     Stats,
+    StatusChanged,
+    StatusUpdate,
 )
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,10 @@ async def end_session(call: Call[SessionEnd, Any]) -> dict[str, Any]:
     return await store.end_session(call.ctx.db, call.principal, call.path["session_id"], call.body)
 
 
+async def set_status(call: Call[StatusUpdate, Any]) -> dict[str, Any]:
+    return await store.set_status(call.ctx.db, call.principal, call.path["session_id"], call.body)
+
+
 async def delete_session(call: Call[Any, Any]) -> dict[str, Any]:
     result = await store.delete_session(call.ctx.db, call.principal, call.path["session_id"])
     # The session is gone first (the source of truth); the downstream collection is best effort and reported.
@@ -139,7 +145,7 @@ ENDPOINTS = [
         "POST",
         "/sessions",
         create_session,
-        "Create a session (ACTIVE)",
+        "Create a session (active)",
         TAG,
         STAFF,
         body=SessionCreate,
@@ -222,6 +228,17 @@ ENDPOINTS = [
         OWN_SESSION,
         body=SessionEnd,
         response=SessionOut,
+        errors=(409, 422),
+    ),
+    Endpoint(
+        "PATCH",
+        SID + "/status",
+        set_status,
+        "Make an open session active or inactive (hidden from students); 409 once ended",
+        TAG,
+        OWN_SESSION,
+        body=StatusUpdate,
+        response=StatusChanged,
         errors=(409, 422),
     ),
     Endpoint(

@@ -65,6 +65,47 @@ INDEXES = (
 # Schema v1, in order: what a fresh database and the legacy conversion both create.
 V1 = (SESSIONS_DDL, EVENTS_DDL, *INDEXES)
 
+# Schema v2: the INACTIVE status (open, like ACTIVE: no end time). SQLite cannot alter a CHECK, so migration v2
+# rebuilds both tables under temporary names (``{sessions}`` / ``{events}``) and renames them into place.
+SESSIONS_V2_DDL = """
+CREATE TABLE {sessions} (
+    session_id    TEXT PRIMARY KEY NOT NULL,
+    user_id       TEXT NOT NULL,
+    start_time    INTEGER NOT NULL,
+    end_time      INTEGER,
+    start_state   INTEGER NOT NULL CHECK (start_state BETWEEN 0 AND 8),
+    end_state     INTEGER CHECK (end_state IS NULL OR end_state BETWEEN 0 AND 8),
+    current_state INTEGER NOT NULL CHECK (current_state BETWEEN 0 AND 8),
+    status        TEXT NOT NULL CHECK (status IN ('ACTIVE', 'INACTIVE', 'COMPLETED', 'CANCELLED', 'FAULTED')),
+    metadata      TEXT NOT NULL DEFAULT '{{}}' CHECK (json_valid(metadata) AND json_type(metadata) = 'object'),
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    CHECK ((status IN ('ACTIVE', 'INACTIVE')) = (end_time IS NULL)),
+    CHECK ((end_time IS NULL) = (end_state IS NULL)),
+    CHECK (end_time IS NULL OR end_time >= start_time)
+) WITHOUT ROWID
+"""
+
+EVENTS_V2_DDL = """
+CREATE TABLE {events} (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES {sessions} (session_id) ON DELETE CASCADE,
+    event_type TEXT NOT NULL CHECK (length(event_type) BETWEEN 1 AND 64),
+    timestamp  INTEGER NOT NULL,
+    event_data TEXT CHECK (event_data IS NULL OR json_valid(event_data))
+)
+"""
+
+# v2 keeps v1's indexes, statement for statement (the students' partial index still covers ACTIVE only).
+V2_INDEXES = INDEXES
+
+# Schema v2 created directly, in order: what the legacy conversion creates (its rows may be INACTIVE).
+V2 = (
+    SESSIONS_V2_DDL.format(sessions="sessions"),
+    EVENTS_V2_DDL.format(events="session_events", sessions="sessions"),
+    *V2_INDEXES,
+)
+
 # The schema the legacy conversion reads: the gateway this service replaces created exactly this table.
 LEGACY_SESSIONS_DDL = """
 CREATE TABLE IF NOT EXISTS sessions (

@@ -15,7 +15,8 @@ What :func:`migrate_legacy` does:
 
 1. renames the legacy table to ``sessions_legacy_backup`` (``_2``, ``_3``... if that name is taken) and drops the
    backup's own indexes (their names would collide with the new schema's; the backup is an archive, not queried);
-2. creates schema v1 (``ddl.V1``) and a ``legacy_rejected(session_id, reason, row_json)`` table
+2. creates schema v2 (``ddl.V2``, so INACTIVE rows fit; ``CREATES_VERSION``) and a
+   ``legacy_rejected(session_id, reason, row_json)`` table
    (suffixed like the backup if the name is taken);
 3. converts the rows in batches (``executemany``): timestamps to Unix milliseconds, ``user_id`` from the
    metadata's ``user_id``, else its ``created_by``, else ``"legacy"``; ``current_state`` from the last
@@ -30,10 +31,11 @@ Choices (each one is reported, never silent):
 
 - A row that would break the new CHECKs is *rejected*: not inserted, listed in the report with every reason
   found, copied to ``legacy_rejected`` (with the whole legacy row as JSON) and, like every row, still in the
-  backup table. Rejected: missing/duplicate ``session_id``; status outside ACTIVE/COMPLETED/CANCELLED/FAULTED
-  (no case folding); a state that is missing (start) or not an integer in 0..8; a missing or unparseable
-  ``start_time``; an unparseable ``end_time`` / ``created_at`` / ``updated_at``; ACTIVE with an ``end_time``;
-  ended without one; ``end_time < start_time``; ACTIVE with an ``end_state``; ``events`` that is not a JSON
+  backup table. Rejected: missing/duplicate ``session_id``; status outside
+  ACTIVE/INACTIVE/COMPLETED/CANCELLED/FAULTED (no case folding; the old gateway's reversible ``inactive`` is an
+  open status here too); a state that is missing (start) or not an integer in 0..8; a missing or unparseable
+  ``start_time``; an unparseable ``end_time`` / ``created_at`` / ``updated_at``; an open status with an ``end_time``;
+  ended without one; ``end_time < start_time``; open with an ``end_state``; ``events`` that is not a JSON
   array of objects, or an event without a valid ``event_type`` (1..64 chars) or with an unparseable timestamp.
 - *Fix-ups* (row migrated, noted in ``LegacyReport.fixups``): an ended row whose ``end_state`` is NULL gets its
   last known state (the ``current_state`` above) as ``end_state``; metadata that is not valid JSON or not a JSON
@@ -53,6 +55,7 @@ from service.db import ddl, legacy_rows
 from service.db.legacy_rows import BACKUP_TABLE, REJECTED_TABLE, Converted, FixUp, LegacyReport, Rejected, RejectedRow
 
 LEGACY_TABLE = "sessions"
+CREATES_VERSION = 2  # the schema version a converted file is at
 BATCH_ROWS = 5000
 
 _SESSION_INSERT = (
@@ -75,7 +78,7 @@ def is_legacy(conn: sqlite3.Connection) -> bool:
 
 # -- the migration --------------------------------------------------------------------------------------------------
 def migrate_legacy(conn: sqlite3.Connection) -> LegacyReport:
-    """Convert the legacy ``sessions`` table to schema v1 inside the caller's open transaction (see module doc)."""
+    """Convert the legacy ``sessions`` table to schema v2 inside the caller's open transaction (see module doc)."""
     if not conn.in_transaction:
         raise RuntimeError("migrate_legacy must run inside the caller's transaction")
     table = _legacy_table(conn)
@@ -88,7 +91,7 @@ def migrate_legacy(conn: sqlite3.Connection) -> LegacyReport:
     conn.execute(f"ALTER TABLE main.{_quote(table)} RENAME TO {_quote(report.backup_table)}")
     report.dropped_indexes = _drop_indexes(conn, report.backup_table)
 
-    for statement in ddl.V1:
+    for statement in ddl.V2:
         conn.execute(statement)
     report.rejected_table = _free_name(conn, REJECTED_TABLE)
     conn.execute(f"CREATE TABLE {_quote(report.rejected_table)} (session_id TEXT, reason TEXT, row_json TEXT)")

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from service.sessions.domain import ACTIVE, MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, STATUSES
+from service.sessions.domain import MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, OPEN_STATUSES, STATUSES
 
 BACKUP_TABLE = "sessions_legacy_backup"
 REJECTED_TABLE = "legacy_rejected"
@@ -162,12 +162,13 @@ def convert_row(row: Mapping[str, object]) -> Converted:
     if start_ms is None and "start_time" not in unparsed:
         errors.append("start_time is missing")
     if status is not None and "end_time" not in unparsed:
-        if status == ACTIVE and end_ms is not None:
-            errors.append(f"status {ACTIVE} but end_time is set")
-        elif status != ACTIVE and end_ms is None:
+        is_open = status in OPEN_STATUSES
+        if is_open and end_ms is not None:
+            errors.append(f"status {status} but end_time is set")
+        elif not is_open and end_ms is None:
             errors.append(f"status {status} but end_time is missing")
-        elif status == ACTIVE and end_state is not None:
-            errors.append(f"status {ACTIVE} but end_state is set")
+        elif is_open and end_state is not None:
+            errors.append(f"status {status} but end_state is set")
     if start_ms is not None and end_ms is not None and end_ms < start_ms:
         errors.append(f"end_time is before start_time ({end_ms} < {start_ms} ms)")
 

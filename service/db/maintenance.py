@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from service.db.database import Database
-from service.sessions.domain import END_STATUSES
+from service.sessions.domain import END_STATUSES, OPEN_STATUSES
 
 _ENDED_MARKS = ", ".join("?" * len(END_STATUSES))
+_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # constants, spelled into SQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,8 @@ async def cleanup(
     """Delete ended sessions (and, by cascade, their events) beyond a retention rule.
 
     ``keep_newest``: keep the N most recently ended sessions; ``older_than_days``: delete sessions that ended
-    before now - D days. With both, a session goes when either rule says so. ACTIVE sessions never match:
-    every statement filters on an ended status, through ``idx_sessions_status_end``.
+    before now - D days. With both, a session goes when either rule says so. Open sessions (ACTIVE and INACTIVE)
+    never match: every statement filters on an ended status, through ``idx_sessions_status_end``.
     """
     if keep_newest is None and older_than_days is None:
         raise ValueError("give keep_newest and/or older_than_days")
@@ -96,7 +97,7 @@ async def cleanup(
                 chunk,
             ).fetchone()[0]
             conn.execute(
-                f"DELETE FROM sessions WHERE status != 'ACTIVE' AND session_id IN ({marks})",  # noqa: S608
+                f"DELETE FROM sessions WHERE status NOT IN {_OPEN_SQL} AND session_id IN ({marks})",  # noqa: S608
                 chunk,
             )
         return CleanupResult(len(ids), int(events))

@@ -13,11 +13,11 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_active
+from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_open
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import STYLE_KEYS, GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
-from service.sessions.domain import ACTIVE
+from service.sessions.domain import OPEN_STATUSES
 from service.settings import Settings
 
 MAX_SUGGESTIONS = 10
@@ -63,17 +63,17 @@ class Rag:
             return {"Authorization": authorization}
         return {}
 
-    async def _active_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
+    async def _open_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
         session = await rag_store.session_for_read(self.db, principal, session_id)
-        if session["status"] != ACTIVE:
-            raise session_not_active(session_id, session["status"])
+        if session["status"] not in OPEN_STATUSES:
+            raise session_not_open(session_id, session["status"])
         return session
 
     async def query(
         self, principal: Principal, body: RagQueryRequest, authorization: str | None = None
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        session = await self._active_session(principal, body.session_id)
+        session = await self._open_session(principal, body.session_id)
         used = precedence.effective(
             body.model_dump(),
             body.model_fields_set,
@@ -121,7 +121,7 @@ class Rag:
     async def generate_questions(
         self, principal: Principal, session_id: str, body: GenerateQuestionsRequest, authorization: str | None = None
     ) -> dict[str, Any]:
-        await self._active_session(principal, session_id)
+        await self._open_session(principal, session_id)
         headers = self._forward(authorization)
         reply = await self.downstream.call("rag", "GET", f"/sessions/{session_id}/chunks", headers=headers)
         chunks = reply.body.get("chunks") if isinstance(reply.body, dict) else None
@@ -181,7 +181,7 @@ class Rag:
     ) -> dict[str, Any]:
         """``files`` are (filename, text, bytes). Each goes downstream with bounded concurrency; the counters
         count only what succeeded, in one write after the downstream answers."""
-        session = await rag_store.session_for_change(self.db, principal, form.session_id, active=True)
+        session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
         embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         gate = asyncio.Semaphore(4)
@@ -262,7 +262,7 @@ class Rag:
     async def reprocess(
         self, principal: Principal, session_id: str, body: ReprocessRequest, authorization: str | None = None
     ) -> dict[str, Any]:
-        session = await rag_store.session_for_change(self.db, principal, session_id, active=True)
+        session = await rag_store.session_for_change(self.db, principal, session_id, open_only=True)
         embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         reply = await self.downstream.call(

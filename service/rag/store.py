@@ -11,14 +11,14 @@ from service.db import Database
 from service.errors import session_not_found
 from service.sessions import access
 from service.sessions.models import COUNTERS
-from service.sessions.store import insert_event, owned_row, require_active
+from service.sessions.store import insert_event, owned_row, require_open
 from service.timeutil import now_ms
 
 
 async def session_for_read(db: Database, principal: Principal, session_id: str) -> dict[str, Any]:
     """A visible session's status, owner and stored RAG settings; 404 when not visible.
 
-    The status is returned, not checked: the caller decides what it allows (``Rag._active_session`` answers 409).
+    The status is returned, not checked: the caller decides what it allows (``Rag._open_session`` answers 409).
     """
     clause, params = access.visible(principal)
     rows = await db.read(
@@ -35,13 +35,13 @@ async def session_for_read(db: Database, principal: Principal, session_id: str) 
     }
 
 
-async def session_for_change(db: Database, principal: Principal, session_id: str, *, active: bool) -> dict[str, Any]:
+async def session_for_change(db: Database, principal: Principal, session_id: str, *, open_only: bool) -> dict[str, Any]:
     """Like ``session_for_read`` but the caller must be allowed to change the session (404 otherwise)."""
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        if active:
-            require_active(row)
+        if open_only:
+            require_open(row)
         meta = json.loads(row["metadata"])
         return {
             "status": row["status"],

@@ -6,9 +6,19 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, field_validator
 
-from service.sessions.domain import MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, PAGE_SIZE_LIMIT, EndStatus, Status
+from service.sessions.domain import (
+    MAX_EVENT_TYPE_LEN,
+    MAX_STATE,
+    MIN_STATE,
+    PAGE_SIZE_LIMIT,
+    ApiOpenStatus,
+    ApiStatus,
+    EndStatus,
+    OpenStatus,
+    Status,
+)
 
 State = Annotated[int, Field(ge=MIN_STATE, le=MAX_STATE, description=f"client state code, {MIN_STATE}..{MAX_STATE}")]
 EVENT_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*$")
@@ -24,14 +34,37 @@ SERVICE_EVENT_TYPES = frozenset(
         "DOCUMENTS_REPROCESSED",
         "RAG_SETTINGS_UPDATED",
         "METADATA_UPDATED",
+        "STATUS_CHANGED",
     }
 )
 # Keys of the stored metadata object that the service owns; client metadata may not set them.
-RESERVED_METADATA_KEYS = frozenset({"name", "category", "description", "rag_settings", "counters"})
+# Text fields rendered as "" when unset, list fields as [] (the old gateway's types), and the one flag.
+TEXT_FIELDS = ("description", "grade_level", "subject_area")
+LIST_FIELDS = ("learning_objectives", "tags")
+RESERVED_METADATA_KEYS = frozenset(
+    {"name", "category", "rag_settings", "counters", "is_public", *TEXT_FIELDS, *LIST_FIELDS}
+)
 COUNTERS = ("document_count", "total_chunks", "query_count", "questions_generated")
 MAX_JSON_DEPTH = 16
 
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+# A status sent by a client, in either case (the API renders lower case, the database stores upper case).
+AnyCase = BeforeValidator(_upper)
+StatusIn = Annotated[Status, AnyCase]
+EndStatusIn = Annotated[EndStatus, AnyCase]
+OpenStatusIn = Annotated[OpenStatus, AnyCase]
+Description = Annotated[str, Field(max_length=2000)]
+GradeLevel = Annotated[str, Field(max_length=100)]
+SubjectArea = Annotated[str, Field(max_length=200)]
+# Lists of short labels (learning objectives, tags): bounded in count and item length, no empty items.
+ListItem = Annotated[str, Field(min_length=1, max_length=500)]
+TextList = Annotated[list[ListItem], Field(max_length=50)]
 
 
 class Strict(BaseModel):
@@ -116,9 +149,19 @@ class RagSettings(QueryKnobs):
 
 
 class SessionCreate(Strict):
+    """Our fields plus the old gateway's ``CreateSessionRequest`` ones, so its web client works unchanged."""
+
     name: ShortText
     category: str | None = Field(default=None, max_length=100)
-    description: str | None = Field(default=None, max_length=2000)
+    description: Description | None = None
+    grade_level: GradeLevel | None = None
+    subject_area: SubjectArea | None = None
+    learning_objectives: TextList | None = None
+    tags: TextList | None = None
+    is_public: bool = False
+    created_by: str | None = Field(
+        default=None, max_length=200, description="accepted for the old client and ignored: the owner is the caller"
+    )
     start_state: State = 0
     metadata: dict[str, Any] = Field(default_factory=dict)
     rag_settings: RagSettings | None = None
@@ -131,7 +174,12 @@ class SessionPatch(Strict):
 
     name: ShortText | None = None
     category: str | None = Field(default=None, max_length=100)
-    description: str | None = Field(default=None, max_length=2000)
+    description: Description | None = None
+    grade_level: GradeLevel | None = None
+    subject_area: SubjectArea | None = None
+    learning_objectives: TextList | None = None
+    tags: TextList | None = None
+    is_public: bool | None = None
     metadata: dict[str, Any] | None = None
 
     _meta = field_validator("metadata")(lambda v: None if v is None else _check_client_metadata(v))
@@ -164,8 +212,14 @@ class EventCreate(Strict):
 
 
 class SessionEnd(Strict):
-    status: EndStatus = "COMPLETED"
+    status: EndStatusIn = "COMPLETED"
     end_state: State
+
+
+class StatusUpdate(Strict):
+    """The old gateway's ``StatusUpdateRequest``: toggle an open session between active and inactive."""
+
+    status: OpenStatusIn
 
 
 # Unix ms up to the year 9999: larger values would overflow SQLite's 64-bit integers (a 500, not a 422).
@@ -185,7 +239,7 @@ PageLimit = Annotated[
 
 
 class ListQuery(Strict):
-    status: Status | None = None
+    status: StatusIn | None = None
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
     category: str | None = Field(default=None, max_length=100)
     started_after: TimeMs = None
@@ -208,13 +262,6 @@ class GetQuery(Strict):
 
 
 # -- responses -------------------------------------------------------------------------------------------
-class Counters(BaseModel):
-    document_count: int = 0
-    total_chunks: int = 0
-    query_count: int = 0
-    questions_generated: int = 0
-
-
 class EventOut(BaseModel):
     id: int
     session_id: str
@@ -225,12 +272,25 @@ class EventOut(BaseModel):
 
 
 class SessionOut(BaseModel):
+    """A session: the old gateway's ``SessionResponse`` fields (same names and types) beside ours.
+
+    Each value appears once. ``created_by`` is the owner (``user_id``); ``last_accessed`` is ``updated_at``
+    (every write, a RAG query or question generation included, moves it). ``user_rating``, ``backup_count`` and
+    ``student_entry_count`` are not tracked by this service and are always 0.
+    """
+
     session_id: str
     user_id: str
-    status: Status
+    created_by: str
+    status: ApiStatus
     name: str | None
     category: str | None
-    description: str | None
+    description: str
+    grade_level: str
+    subject_area: str
+    learning_objectives: list[str]
+    tags: list[str]
+    is_public: bool
     start_state: int
     current_state: int
     end_state: int | None
@@ -241,11 +301,18 @@ class SessionOut(BaseModel):
     duration_ms: int | None
     metadata: dict[str, Any]
     rag_settings: dict[str, Any]
-    counters: Counters
+    document_count: int
+    total_chunks: int
+    query_count: int
+    questions_generated: int
+    student_entry_count: int
+    user_rating: float
+    backup_count: int
     created_at: str
     created_at_ms: int
     updated_at: str
     updated_at_ms: int
+    last_accessed: str
     events: list[EventOut] | None = None
     events_truncated: bool | None = Field(
         default=None, description="with ?include=events: true when more than 1000 events exist (page them via /events)"
@@ -255,6 +322,15 @@ class SessionOut(BaseModel):
 class SessionList(RootModel[list[SessionOut]]):
     """A page of ``GET /sessions``: a bare JSON array, as the old gateway's ``List[SessionResponse]`` was; the
     next page is named by the ``Link`` and ``X-Next-Cursor`` headers, not by the body."""
+
+
+class StatusChanged(BaseModel):
+    """The old gateway's answer to a status change."""
+
+    success: bool
+    session_id: str
+    new_status: ApiOpenStatus
+    updated_session: SessionOut
 
 
 class EventPage(BaseModel):

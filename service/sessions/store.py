@@ -1,7 +1,7 @@
 """Session storage: each ``async`` operation makes exactly one awaited database call (one thread hop).
 
 Under load that hop is shared with concurrent calls (``service/db/batching.py``). The plain functions make no call
-of their own: ``owned_row``, ``require_active`` and ``insert_event`` run inside one, on the connection's thread;
+of their own: ``owned_row``, ``require_open`` and ``insert_event`` run inside one, on the connection's thread;
 ``session_out`` / ``event_out`` render rows.
 """
 
@@ -14,20 +14,23 @@ from typing import Any
 
 from service.auth import Principal
 from service.db import Database
-from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_active, session_not_found
+from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_found, session_not_open
 from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
-from service.sessions.domain import ACTIVE, STATUSES
+from service.sessions.domain import ACTIVE, OPEN_STATUSES, STATUSES, OpenStatus
 from service.sessions.models import (
     COUNTERS,
+    LIST_FIELDS,
     MAX_TIME_MS,
     RESERVED_METADATA_KEYS,
+    TEXT_FIELDS,
     EventCreate,
     EventsQuery,
     ListQuery,
     SessionCreate,
     SessionEnd,
     SessionPatch,
+    StatusUpdate,
 )
 from service.timeutil import iso, now_ms
 
@@ -47,23 +50,40 @@ def _iso_sql(column: str) -> str:
     )
 
 
+def _text_sql(key: str) -> str:
+    """A stored text field, or ``''`` when unset or not text (legacy metadata may hold anything)."""
+    return f"CASE json_type(metadata, '$.{key}') WHEN 'text' THEN json_extract(metadata, '$.{key}') ELSE '' END"
+
+
+def _list_sql(key: str) -> str:
+    return (
+        f"json(CASE json_type(metadata, '$.{key}') WHEN 'array' THEN json_extract(metadata, '$.{key}') ELSE '[]' END)"
+    )
+
+
+# Not tracked by this service; rendered for the old client's types (float rating, integer counts).
+UNTRACKED = {"student_entry_count": 0, "user_rating": 0.0, "backup_count": 0}
+_RESERVED_PATHS = ", ".join(f"'$.{k}'" for k in sorted(RESERVED_METADATA_KEYS))
+
 # The same document as ``session_out``, built by SQLite on the reader's thread (no json.loads/dumps per row on
 # the event loop; a 100-row page is one string join). tests/db/test_sql_rendering.py keeps the two identical.
 SESSION_JSON = (
     "json_object("
-    "'session_id', session_id, 'user_id', user_id, 'status', status, "
+    "'session_id', session_id, 'user_id', user_id, 'created_by', user_id, 'status', lower(status), "
     "'name', json_extract(metadata, '$.name'), 'category', json_extract(metadata, '$.category'), "
-    "'description', json_extract(metadata, '$.description'), "
+    + "".join(f"'{k}', {_text_sql(k)}, " for k in TEXT_FIELDS)
+    + "".join(f"'{k}', {_list_sql(k)}, " for k in LIST_FIELDS)
+    + "'is_public', json(CASE json_type(metadata, '$.is_public') WHEN 'true' THEN 'true' ELSE 'false' END), "
     "'start_state', start_state, 'current_state', current_state, 'end_state', end_state, "
     f"'start_time', {_iso_sql('start_time')}, 'start_time_ms', start_time, "
     f"'end_time', {_iso_sql('end_time')}, 'end_time_ms', end_time, 'duration_ms', end_time - start_time, "
-    "'metadata', json_remove(metadata, '$.name', '$.category', '$.description', '$.rag_settings', '$.counters'), "
+    f"'metadata', json_remove(metadata, {_RESERVED_PATHS}), "
     "'rag_settings', json(coalesce(json_extract(metadata, '$.rag_settings'), '{}')), "
-    "'counters', json_object("
-    + ", ".join(f"'{c}', coalesce(json_extract(metadata, '$.counters.{c}'), 0)" for c in COUNTERS)
-    + "), "
-    f"'created_at', {_iso_sql('created_at')}, 'created_at_ms', created_at, "
-    f"'updated_at', {_iso_sql('updated_at')}, 'updated_at_ms', updated_at)"
+    + "".join(f"'{c}', coalesce(json_extract(metadata, '$.counters.{c}'), 0), " for c in COUNTERS)
+    + "".join(f"'{k}', {v!r}, " for k, v in UNTRACKED.items())
+    + f"'created_at', {_iso_sql('created_at')}, 'created_at_ms', created_at, "
+    f"'updated_at', {_iso_sql('updated_at')}, 'updated_at_ms', updated_at, "
+    f"'last_accessed', {_iso_sql('updated_at')})"
 )
 EVENT_JSON = (
     "json_object('id', id, 'session_id', session_id, 'event_type', event_type, "
@@ -80,13 +100,22 @@ def session_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     meta: dict[str, Any] = json.loads(row["metadata"])
     counters = meta.get("counters") or {}
     end = row["end_time"]
-    return {
+    out: dict[str, Any] = {
         "session_id": row["session_id"],
         "user_id": row["user_id"],
-        "status": row["status"],
+        "created_by": row["user_id"],
+        "status": row["status"].lower(),
         "name": meta.get("name"),
         "category": meta.get("category"),
-        "description": meta.get("description"),
+    }
+    for key in TEXT_FIELDS:
+        value = meta.get(key)
+        out[key] = value if isinstance(value, str) else ""
+    for key in LIST_FIELDS:
+        value = meta.get(key)
+        out[key] = value if isinstance(value, list) else []
+    return out | {
+        "is_public": meta.get("is_public") is True,
         "start_state": row["start_state"],
         "current_state": row["current_state"],
         "end_state": row["end_state"],
@@ -97,11 +126,13 @@ def session_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
         "duration_ms": None if end is None else end - row["start_time"],
         "metadata": {k: v for k, v in meta.items() if k not in RESERVED_METADATA_KEYS},
         "rag_settings": meta.get("rag_settings") or {},
-        "counters": {name: int(counters.get(name) or 0) for name in COUNTERS},
+        **{name: int(counters.get(name) or 0) for name in COUNTERS},
+        **UNTRACKED,
         "created_at": iso(row["created_at"]),
         "created_at_ms": row["created_at"],
         "updated_at": iso(row["updated_at"]),
         "updated_at_ms": row["updated_at"],
+        "last_accessed": iso(row["updated_at"]),
     }
 
 
@@ -144,9 +175,13 @@ def owned_row(conn: sqlite3.Connection, principal: Principal, session_id: str) -
     return row
 
 
-def require_active(row: sqlite3.Row) -> None:
-    if row["status"] != ACTIVE:
-        raise session_not_active(row["session_id"], row["status"])
+_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # constants, spelled into SQL
+
+
+def require_open(row: sqlite3.Row) -> None:
+    """409 unless the session is open (active or inactive): its owner keeps working in an inactive one."""
+    if row["status"] not in OPEN_STATUSES:
+        raise session_not_open(row["session_id"], row["status"])
 
 
 # -- operations ----------------------------------------------------------------------------------------------
@@ -155,10 +190,12 @@ async def create_session(
 ) -> dict[str, Any]:
     meta: dict[str, Any] = dict(body.metadata)
     meta["name"] = body.name
-    if body.category is not None:
-        meta["category"] = body.category
-    if body.description is not None:
-        meta["description"] = body.description
+    for key in ("category", *TEXT_FIELDS, *LIST_FIELDS):  # body.created_by is ignored: the owner is the caller
+        value = getattr(body, key)
+        if value is not None:
+            meta[key] = value
+    if body.is_public:
+        meta["is_public"] = True
     meta["rag_settings"] = body.rag_settings.model_dump(exclude_none=True) if body.rag_settings else {}
     meta["counters"] = dict.fromkeys(COUNTERS, 0)
     meta_text = dumps(meta)
@@ -283,21 +320,25 @@ async def patch_session(
 ) -> dict[str, Any]:
     sent = patch.model_fields_set
     if not sent:
-        raise ValidationFailed("send at least one of name, category, description, metadata")
+        raise ValidationFailed(f"send at least one of {', '.join(SessionPatch.model_fields)}")
     if "metadata" in sent and patch.metadata is None:
         raise ValidationFailed("metadata cannot be null: send an object (a key set to null removes that key)")
     if "name" in sent and patch.name is None:
         raise ValidationFailed("name cannot be removed", details=[{"loc": ["body", "name"], "msg": "null"}])
     expr = "metadata"
     args: list[Any] = []
-    for field in ("name", "category", "description"):  # fixed names: never from the client
+    # fixed names, never from the client; null removes the key (the field renders its default again)
+    for field in ("name", "category", *TEXT_FIELDS, *LIST_FIELDS, "is_public"):
         if field in sent:
             value = getattr(patch, field)
             if value is None:
                 expr = f"json_remove({expr}, '$.{field}')"
-            else:
+            elif isinstance(value, str):
                 expr = f"json_set({expr}, '$.{field}', ?)"
                 args.append(value)
+            else:  # a list or a boolean: set as JSON, not as a string
+                expr = f"json_set({expr}, '$.{field}', json(?))"
+                args.append(dumps(value))
     if "metadata" in sent and patch.metadata is not None:
         expr = f"json_patch({expr}, ?)"
         args.append(dumps(patch.metadata))
@@ -327,7 +368,7 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        require_active(row)
+        require_open(row)
         ts = now_ms()
         events = []
         state = row["current_state"]
@@ -352,8 +393,8 @@ async def append_event(db: Database, principal: Principal, session_id: str, body
 async def end_session(db: Database, principal: Principal, session_id: str, body: SessionEnd) -> dict[str, Any]:
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
-        if row["status"] != ACTIVE:
-            raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"]})
+        if row["status"] not in OPEN_STATUSES:
+            raise Conflict("session already ended", details={"session_id": session_id, "status": row["status"].lower()})
         ts = max(now_ms(), row["start_time"])
         if body.end_state != row["current_state"]:
             insert_event(conn, session_id, "STATE_CHANGED", ts, {"from": row["current_state"], "to": body.end_state})
@@ -370,6 +411,37 @@ async def end_session(db: Database, principal: Principal, session_id: str, body:
             {"status": body.status, "end_state": body.end_state, "duration_ms": ts - row["start_time"]},
         )
         return session_out(updated)
+
+    return await db.write(run)
+
+
+async def set_status(db: Database, principal: Principal, session_id: str, body: StatusUpdate) -> dict[str, Any]:
+    """Toggle an open session between ACTIVE and INACTIVE (the old gateway's status route), with a
+    STATUS_CHANGED event when it changes; an ended session is final (409). Setting the current status again
+    succeeds and records nothing."""
+    new: OpenStatus = body.status
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        row = owned_row(conn, principal, session_id)
+        old = row["status"]
+        if old not in OPEN_STATUSES:
+            raise Conflict(
+                "an ended session cannot change status", details={"session_id": session_id, "status": old.lower()}
+            )
+        if old != new:
+            ts = now_ms()
+            row = conn.execute(
+                f"UPDATE sessions SET status = ?, updated_at = ? WHERE session_id = ? "  # noqa: S608
+                f"RETURNING {SESSION_COLUMNS}",
+                (new, ts, session_id),
+            ).fetchone()
+            insert_event(conn, session_id, "STATUS_CHANGED", ts, {"from": old, "to": new})
+        return {
+            "success": True,
+            "session_id": session_id,
+            "new_status": new.lower(),
+            "updated_session": session_out(row),
+        }
 
     return await db.write(run)
 
@@ -439,7 +511,7 @@ async def stats(db: Database, principal: Principal) -> dict[str, Any]:
                 scope_args,
             )
         }
-        ended = f"{scope} AND status != 'ACTIVE'"
+        ended = f"{scope} AND status NOT IN {_OPEN_SQL}"
         count, avg = conn.execute(
             f"SELECT count(*), avg(end_time - start_time) FROM sessions WHERE {ended}",  # noqa: S608
             scope_args,
@@ -454,7 +526,7 @@ async def stats(db: Database, principal: Principal) -> dict[str, Any]:
             types = conn.execute("SELECT event_type, count(*) FROM session_events GROUP BY event_type").fetchall()
         return {
             "total": sum(by_status.values()),
-            "by_status": {s: by_status.get(s, 0) for s in STATUSES},
+            "by_status": {s.lower(): by_status.get(s, 0) for s in STATUSES},
             "durations": {
                 "count": count,
                 "avg_ms": None if avg is None else float(avg),

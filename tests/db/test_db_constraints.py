@@ -12,7 +12,15 @@ import pytest
 
 from service.db import ddl, migrations
 from service.db.database import _apply_pragmas
-from service.sessions.domain import ACTIVE, END_STATUSES, MAX_EVENT_TYPE_LEN, MAX_STATE, MIN_STATE, STATUSES
+from service.sessions.domain import (
+    ACTIVE,
+    END_STATUSES,
+    MAX_EVENT_TYPE_LEN,
+    MAX_STATE,
+    MIN_STATE,
+    OPEN_STATUSES,
+    STATUSES,
+)
 
 COLUMNS = (
     "session_id",
@@ -73,9 +81,10 @@ def test_valid_rows_are_accepted(conn: sqlite3.Connection) -> None:
         insert(conn, **{**GOOD_ENDED, "session_id": status, "status": status})
     insert(conn, session_id="same-ms", end_time=1_000, end_state=0, status="COMPLETED")  # end == start is fine
     insert(conn, session_id="bounds", start_state=8, current_state=8)
+    insert(conn, session_id="inactive", status="INACTIVE")  # open, like ACTIVE: no end time
     add_event(conn, "s-active", data='{"a": 1}')
     add_event(conn, "s-active", data=None)
-    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 6
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 7
 
 
 @pytest.mark.parametrize(
@@ -95,6 +104,9 @@ def test_valid_rows_are_accepted(conn: sqlite3.Connection) -> None:
         ({"status": "CANCELLED", "end_state": 1}, "ended without end_time, with end_state"),
         ({**GOOD_ENDED, "end_state": None}, "ended without end_state"),
         ({"end_state": 3}, "ACTIVE with an end_state"),
+        ({"status": "INACTIVE", "end_time": 5_000, "end_state": 1}, "INACTIVE with an end_time"),
+        ({"status": "INACTIVE", "end_state": 1}, "INACTIVE with an end_state"),
+        ({"status": "inactive"}, "inactive is case-sensitive"),
         ({**GOOD_ENDED, "end_time": 999}, "end_time before start_time"),
         ({"metadata": "{not json"}, "invalid metadata JSON"),
         ({"metadata": "[1, 2]"}, "metadata array"),
@@ -174,8 +186,11 @@ def test_cascade_delete_removes_only_that_sessions_events(conn: sqlite3.Connecti
 
 def test_schema_checks_agree_with_the_domain_constants(conn: sqlite3.Connection) -> None:
     """ddl.py spells the domain's values literally (a released migration never changes): they must agree."""
-    [listed] = re.findall(r"status IN \(([^)]*)\)", ddl.SESSIONS_DDL)
+    [listed, open_listed] = re.findall(r"status IN \(([^)]*)\)", ddl.SESSIONS_V2_DDL)
     assert tuple(re.findall(r"'([A-Z]+)'", listed)) == STATUSES
+    assert tuple(re.findall(r"'([A-Z]+)'", open_listed)) == OPEN_STATUSES
+    for open_status in OPEN_STATUSES:
+        insert(conn, session_id=open_status, status=open_status)
     insert(conn, session_id="active", status=ACTIVE)
     for status in END_STATUSES:
         insert(conn, **{**GOOD_ENDED, "session_id": status, "status": status})

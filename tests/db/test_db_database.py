@@ -96,7 +96,7 @@ async def test_end_is_atomic(db: Database) -> None:
         await store.end_session(db, TEACHER, sid, SessionEnd(end_state=5))
     # neither the status change nor the STATE_CHANGED event written before the failure survived
     got = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
-    assert (got["status"], got["current_state"], got["end_time"]) == ("ACTIVE", 1, None)
+    assert (got["status"], got["current_state"], got["end_time"]) == ("active", 1, None)
     assert [e["event_type"] for e in got["events"]] == ["SESSION_STARTED"]
 
 

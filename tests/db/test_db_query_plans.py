@@ -120,7 +120,7 @@ async def test_unfiltered_listing_uses_start_time(db: RecordingDatabase) -> None
     )
 
 
-@pytest.mark.parametrize("status", ["COMPLETED", "CANCELLED", "FAULTED"])
+@pytest.mark.parametrize("status", ["INACTIVE", "inactive", "COMPLETED", "cancelled", "FAULTED"])
 async def test_listing_by_status_uses_status_start(db: RecordingDatabase, status: str) -> None:
     query = ListQuery.model_validate({"status": status})
     steps = await assert_uses(
@@ -130,9 +130,13 @@ async def test_listing_by_status_uses_status_start(db: RecordingDatabase, status
 
 
 async def test_active_listing_uses_the_partial_index(db: RecordingDatabase) -> None:
-    await assert_uses(
-        db, lambda: store.list_sessions(db, ADMIN, ListQuery(status="ACTIVE"), secret=SECRET), "idx_sessions_active"
-    )
+    for spelling in ("ACTIVE", "active"):  # a filter in either case is the same query
+        query = ListQuery.model_validate({"status": spelling})
+
+        async def listing(q: ListQuery = query) -> dict[str, Any]:
+            return await store.list_sessions(db, ADMIN, q, secret=SECRET)
+
+        await assert_uses(db, listing, "idx_sessions_active")
     # students see ACTIVE sessions only: their listing is the same query
     steps = await assert_uses(
         db, lambda: store.list_sessions(db, STUDENT, ListQuery(), secret=SECRET), "idx_sessions_active"

@@ -36,7 +36,7 @@ LEGACY_INDEXES = (
     "CREATE INDEX idx_sessions_status ON sessions (status)",
 )
 NEW_INDEXES = {statement.split()[2] for statement in ddl.INDEXES}
-STATUSES = "ACTIVE, CANCELLED, COMPLETED, FAULTED"
+STATUSES = "ACTIVE, CANCELLED, COMPLETED, FAULTED, INACTIVE"
 
 Row = tuple[Any, ...]
 
@@ -162,6 +162,10 @@ GOOD_ROWS = [
         metadata="{not json",
     ),
     legacy_row("list-metadata", start_time="2024-03-03T00:00:00", start_state=8, events="[]", metadata='["a", 1]'),
+    # the old gateway's reversible "inactive": open here too (no end time), with the old descriptive fields
+    legacy_row(
+        "paused-inactive", start_time="2024-03-04T00:00:00Z", start_state=2, status="INACTIVE", metadata={"tags": ["x"]}
+    ),
     legacy_row(
         "unicode-note",
         start_state=4,
@@ -180,6 +184,8 @@ EXPECTED_SESSIONS = [
      json.dumps(NAIVE_META), 1709287200000, 1709292600250),
     ("offset-cancelled", "teacher-2", 1709287200000, 1709290800500, 1, 2, 2, "CANCELLED",
      json.dumps(OFFSET_META), 1709287200000, 1709287200000),
+    ("paused-inactive", "legacy", 1709510400000, None, 2, None, 2, "INACTIVE", '{"tags": ["x"]}',
+     1709510400000, 1709510400000),
     ("space-faulted", "42", 1709370000123, 1709393400000, 1, 7, 7, "FAULTED",
      '{"user_id": 42}', 1709370000123, 1709370000123),
     ("unicode-note", "legacy", 1709287200000, None, 4, None, 4, "ACTIVE",
@@ -219,6 +225,11 @@ BAD_ROWS: list[tuple[Row, str | None, str]] = [
         legacy_row("active-with-end", end_time="2024-03-01T11:00:00"),
         "active-with-end",
         "status ACTIVE but end_time is set",
+    ),
+    (
+        legacy_row("inactive-with-end", status="INACTIVE", end_time="2024-03-01T11:00:00"),
+        "inactive-with-end",
+        "status INACTIVE but end_time is set",
     ),
     (
         legacy_row("ended-without-end", status="COMPLETED", end_state=1),
@@ -406,7 +417,7 @@ def test_schema_migrate_with_sqlite3_and_report(legacy_path: Path, monkeypatch: 
     done = run_migrate(legacy_path)
 
     [report] = reports
-    later = [f"applied schema migration v{n}" for n in range(2, migrations.SCHEMA_VERSION + 1)]
+    later = [f"applied schema migration v{n}" for n in range(legacy.CREATES_VERSION + 1, migrations.SCHEMA_VERSION + 1)]
     assert done == [report.summary(), *later]
     assert report.legacy_rows == len(GOOD_ROWS) + len(BAD_ROWS)
     assert report.migrated_sessions == len(GOOD_ROWS)
@@ -432,7 +443,9 @@ def test_legacy_connection_with_default_isolation_level(legacy_path: Path) -> No
     """The CLI might hand over a plain ``sqlite3.connect()`` connection (legacy transaction control)."""
     conn = sqlite3.connect(legacy_path)
     try:
-        assert len(migrations.migrate(conn)) == migrations.SCHEMA_VERSION  # the conversion, then the later steps
+        assert (
+            len(migrations.migrate(conn)) == 1 + migrations.SCHEMA_VERSION - legacy.CREATES_VERSION
+        )  # the conversion, then the later steps
     finally:
         conn.close()
     conn = connect(legacy_path)
@@ -578,7 +591,7 @@ def dropping_events(monkeypatch: pytest.MonkeyPatch) -> None:
         "CREATE TRIGGER lose_events AFTER INSERT ON session_events BEGIN"
         " DELETE FROM session_events WHERE id = NEW.id; END"
     )
-    monkeypatch.setattr(ddl, "V1", (*ddl.V1, lose_events))
+    monkeypatch.setattr(ddl, "V2", (*ddl.V2, lose_events))
 
 
 def test_failure_mid_way_leaves_file_byte_for_byte_untouched(
@@ -634,7 +647,9 @@ async def test_failure_through_database_open_rolls_back(
     db = Database(str(legacy_path))
     try:
         await db.open()
-        assert len(db.migrations_applied) == migrations.SCHEMA_VERSION  # the conversion, then the later steps
+        assert (
+            len(db.migrations_applied) == 1 + migrations.SCHEMA_VERSION - legacy.CREATES_VERSION
+        )  # the conversion, then the later steps
     finally:
         await db.close()
     conn = connect(legacy_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.db import ddl, migrations
+from service.db import ddl, legacy, migrations
 
 PROCESSES = 4
 ROUNDS = 8
@@ -80,9 +80,9 @@ def test_processes_racing_to_migrate_a_fresh_file_all_succeed_and_one_applies(tm
         assert sorted(reports, key=len)[:-1] == [[]] * (PROCESSES - 1), reports  # the losers: already current
         applied = max(reports, key=len)
         steps = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
-        if path in legacy_paths:  # converted to v1, then the later steps
+        if path in legacy_paths:  # converted straight to legacy.CREATES_VERSION, then the later steps
             assert applied[0].startswith("migrated legacy database: 1 legacy rows -> 1 sessions"), applied
-            assert applied[1:] == steps[1:]
+            assert applied[1:] == steps[legacy.CREATES_VERSION :]
         else:
             assert applied == steps
         conn = sqlite3.connect(path)
@@ -187,5 +187,102 @@ def test_a_v1_file_with_data_takes_the_library_step_with_its_data_intact(tmp_pat
                 "VALUES ('u1', 'b.txt', 'x', 1, 1)"
             )
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def _v1_file(path: Path) -> None:
+    """A schema-v1 database with data: open and ended sessions, events (one deleted, so the id high-water mark
+    is above the largest id)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in ddl.V1:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.executemany(
+        "INSERT INTO sessions VALUES (?, 'u-1', 1000, ?, 0, ?, ?, ?, ?, 1000, 2000)",
+        [
+            ("open", None, None, 2, "ACTIVE", '{"name": "open", "tags": ["a"]}'),
+            ("done", 5000, 3, 3, "COMPLETED", '{"name": "done"}'),
+            ("gone", 4000, 0, 0, "FAULTED", "{}"),
+        ],
+    )
+    for n in range(7):
+        conn.execute(
+            "INSERT INTO session_events (session_id, event_type, timestamp, event_data) VALUES (?, 'E', ?, ?)",
+            (("open", "done", "gone")[n % 3], n, f'{{"n": {n}}}'),
+        )
+    conn.execute("DELETE FROM session_events WHERE id = 7")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _contents(conn: sqlite3.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    return (
+        conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall(),
+        conn.execute("SELECT * FROM session_events ORDER BY id").fetchall(),
+    )
+
+
+def test_v2_rebuilds_a_v1_file_keeping_every_row_and_enforcing_the_new_checks(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    _v1_file(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")  # as the service's connections: the rebuild must not cascade
+    try:
+        before = _contents(conn)
+        indexes_before = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('sessions', 'session_events') "
+            "ORDER BY name"
+        )
+        indexes = indexes_before.fetchall()
+        assert migrations.migrate(conn) == [
+            f"applied schema migration v{n}" for n in range(2, migrations.SCHEMA_VERSION + 1)
+        ]
+        assert migrations.current_version(conn) == migrations.SCHEMA_VERSION
+        assert _contents(conn) == before and (len(before[0]), len(before[1])) == (3, 6)
+        assert conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('sessions', 'session_events') "
+            "ORDER BY name"
+        ).fetchall() == (indexes)
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE '%v2'").fetchall() == []
+        # event ids are never reused: the AUTOINCREMENT mark (7, above the largest id 6) survived
+        conn.execute("INSERT INTO session_events (session_id, event_type, timestamp) VALUES ('open', 'E', 9)")
+        assert conn.execute("SELECT max(id) FROM session_events").fetchone()[0] == 8
+
+        # the new CHECKs: INACTIVE is open (no end time), anything else still refused
+        conn.execute("UPDATE sessions SET status = 'INACTIVE' WHERE session_id = 'open'")
+        for bad in (
+            "UPDATE sessions SET status = 'INACTIVE' WHERE session_id = 'done'",
+            "UPDATE sessions SET end_time = 6000, end_state = 1 WHERE session_id = 'open'",
+            "UPDATE sessions SET status = 'inactive' WHERE session_id = 'open'",
+            "UPDATE sessions SET status = 'PAUSED' WHERE session_id = 'open'",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+                conn.execute(bad)
+        # the foreign key and its cascade point at the new sessions table
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            conn.execute("INSERT INTO session_events (session_id, event_type, timestamp) VALUES ('nope', 'E', 1)")
+        conn.execute("DELETE FROM sessions WHERE session_id = 'gone'")
+        assert conn.execute("SELECT count(*) FROM session_events WHERE session_id = 'gone'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM session_events").fetchone()[0] == 5
+    finally:
+        conn.close()
+
+
+def test_failed_v2_leaves_the_v1_file_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v1.db"
+    _v1_file(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        before = _contents(conn), conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+        monkeypatch.setattr(ddl, "V2_INDEXES", (*ddl.V2_INDEXES, "CREATE INDEX broken ON no_such_table (x)"))
+        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+            migrations.migrate(conn)
+        assert (_contents(conn), conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()) == before
+        assert migrations.current_version(conn) == 1
     finally:
         conn.close()

@@ -62,6 +62,38 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
         max_metadata_bytes=limit,
     )
     sid = rich["session_id"]
+    old_client = await store.create_session(
+        db,
+        TEACHER,
+        SessionCreate(
+            name="old",
+            category="general",
+            description="",
+            grade_level="9",
+            subject_area="Biyoloji",
+            learning_objectives=["Hücreyi tanır", 'a "quoted" one'],
+            tags=["bio", "ünite-1"],
+            is_public=True,
+            created_by="someone-else",
+        ),
+        max_metadata_bytes=limit,
+    )
+    await store.patch_session(
+        db,
+        TEACHER,
+        old_client["session_id"],
+        SessionPatch(tags=[], is_public=False, grade_level=None, subject_area="Fen"),
+        max_metadata_bytes=limit,
+    )
+    # legacy metadata may hold the old fields with other types: both renderings fall back to the defaults
+    odd_meta = '{"name": 1, "description": 5, "tags": "bio", "learning_objectives": {"a": 1}, "is_public": 1}'
+    await db.write(
+        lambda conn: conn.execute(
+            f"INSERT INTO sessions ({store.SESSION_COLUMNS}) VALUES ('odd', 'u-teacher', 5, NULL, 0, NULL, 0, "  # noqa: S608
+            "'ACTIVE', ?, 5, 5)",
+            (odd_meta,),
+        )
+    )
     await store.append_event(db, TEACHER, sid, EventCreate(state=5, event_data={"why": "x" * 30}))
     await store.append_event(db, TEACHER, sid, EventCreate(event_type="CUSTOM_THING", event_data=None))
     await store.patch_session(
@@ -69,7 +101,7 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
     )
     await store.end_session(db, TEACHER, sid, SessionEnd(status="FAULTED", end_state=8))
 
-    for session_id in (plain["session_id"], sid):
+    for session_id in (plain["session_id"], sid, old_client["session_id"], "odd"):
         from_sql = json.loads(await store.get_session(db, ADMIN, session_id, with_events=True))
         assert from_sql == await _python_rendering(db, session_id)
         without = json.loads(await store.get_session(db, ADMIN, session_id, with_events=False))
@@ -77,10 +109,27 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
 
     page = await store.list_sessions(db, ADMIN, ListQuery(limit=10), secret=SECRET)
     listed = json.loads(page["sessions_json"])
-    assert {s["session_id"] for s in listed} == {plain["session_id"], sid}
+    assert {s["session_id"] for s in listed} == {plain["session_id"], sid, old_client["session_id"], "odd"}
     for doc in listed:
         expected = await _python_rendering(db, doc["session_id"])
         assert doc == {k: v for k, v in expected.items() if k not in ("events", "events_truncated")}
+    by_id = {d["session_id"]: d for d in listed}
+    assert {k: by_id["odd"][k] for k in ("description", "tags", "learning_objectives", "is_public")} == {
+        "description": "",
+        "tags": [],
+        "learning_objectives": [],
+        "is_public": False,
+    }
+    changed = by_id[old_client["session_id"]]
+    assert (changed["grade_level"], changed["subject_area"], changed["tags"], changed["is_public"]) == (
+        "",
+        "Fen",
+        [],
+        False,
+    )
+    assert changed["learning_objectives"] == ["Hücreyi tanır", 'a "quoted" one']
+    assert changed["created_by"] == changed["user_id"] == TEACHER.id and changed["metadata"] == {}
+    assert changed["last_accessed"] == changed["updated_at"] and changed["user_rating"] == 0.0
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,6 +18,7 @@ from blockbuster import BlockBuster
 from service.downstream import Downstream
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth, gateway_settings
+from support.session_view import counters_of
 
 DOC = """# Photosynthesis
 
@@ -130,7 +131,7 @@ async def snapshot(client: httpx.AsyncClient, sid: str) -> tuple[dict[str, int],
     r = await client.get(f"/sessions/{sid}?include=events", headers=auth("teacher"))
     assert r.status_code == 200, r.text
     body = r.json()
-    return body["counters"], [e["event_type"] for e in body["events"]]
+    return counters_of(body), [e["event_type"] for e in body["events"]]
 
 
 async def no_leak(downstream: Downstream) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
@@ -12,6 +12,7 @@ from sessions_kit import all_events, closed_port_url, create, db_path, end, erro
 from service.db import migrations
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
+from support.session_view import counters_of
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -32,13 +33,13 @@ async def test_create_writes_session_started_with_the_session(
     s = r.json()
     assert len(s["session_id"]) >= 32 and s["session_id"].isalnum()
     assert s["user_id"] == "u-teacher"
-    assert s["status"] == "ACTIVE"
+    assert s["status"] == "active"  # lower case in the API; upper case in the database
     assert s["name"] == "Algebra"  # stripped
     assert (s["category"], s["description"]) == ("math", "linear equations")
     assert (s["start_state"], s["current_state"], s["end_state"]) == (3, 3, None)
     assert s["metadata"] == {"client": "web", "nested": {"a": [1, 2]}}
     assert s["rag_settings"] == {"top_k": 7, "use_rerank": True}
-    assert s["counters"] == {"document_count": 0, "total_chunks": 0, "query_count": 0, "questions_generated": 0}
+    assert counters_of(s) == {"document_count": 0, "total_chunks": 0, "query_count": 0, "questions_generated": 0}
     assert s["end_time"] is None and s["end_time_ms"] is None and s["duration_ms"] is None
     assert ISO_UTC.match(s["start_time"]) and ISO_UTC.match(s["created_at"]) and ISO_UTC.match(s["updated_at"])
     assert s["start_time_ms"] == s["created_at_ms"] == s["updated_at_ms"]
@@ -119,7 +120,7 @@ async def test_state_changes_events_and_end(client: httpx.AsyncClient) -> None:
         error_of(await client.post(url, json=bad, headers=auth("teacher")), 422, "validation_error")
 
     ended = await end(client, sid, status="FAULTED", end_state=7)
-    assert ended["status"] == "FAULTED"
+    assert ended["status"] == "faulted"
     assert (ended["end_state"], ended["current_state"]) == (7, 7)
     assert ended["end_time_ms"] >= ended["start_time_ms"]
     assert ended["duration_ms"] == ended["end_time_ms"] - ended["start_time_ms"]
@@ -155,12 +156,12 @@ async def test_end_validation_and_same_state(client: httpx.AsyncClient) -> None:
     for bad in ({}, {"end_state": 9}, {"status": "ACTIVE", "end_state": 1}, {"status": "DONE", "end_state": 1}):
         error_of(await client.post(f"/sessions/{sid}/end", json=bad, headers=auth("teacher")), 422)
     ended = await end(client, sid, end_state=2)  # default status, no state change
-    assert ended["status"] == "COMPLETED"
+    assert ended["status"] == "completed"
     types = [e["event_type"] for e in await all_events(client, sid, "teacher")]
     assert types == ["SESSION_STARTED", "SESSION_ENDED"]
-    for status in ("CANCELLED",):
+    for status in ("CANCELLED", "cancelled", "Faulted"):  # either case
         sid2 = (await create(client))["session_id"]
-        assert (await end(client, sid2, status=status, end_state=0))["status"] == status
+        assert (await end(client, sid2, status=status, end_state=0))["status"] == status.lower()
 
 
 async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None:
@@ -189,9 +190,9 @@ async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None
     assert (out["name"], out["category"], out["description"]) == ("Renamed", "cat", "desc")
 
     out = await patch({"description": None, "category": None})
-    assert (out["name"], out["category"], out["description"]) == ("Renamed", None, None)
+    assert (out["name"], out["category"], out["description"]) == ("Renamed", None, "")
     assert out["metadata"] == {"keep": 1, "new": "x", "deep": {"a": 1, "c": 3}}
-    assert out["rag_settings"] == {} and out["counters"]["query_count"] == 0
+    assert out["rag_settings"] == {} and out["query_count"] == 0
 
     # name cannot be removed; an empty patch and reserved keys are refused; nothing changes
     for bad in ({"name": None}, {}, {"metadata": {"name": "x"}}, {"metadata": {"counters": None}}, {"name": "  "}):
@@ -200,7 +201,7 @@ async def test_patch_changes_only_fields_sent(client: httpx.AsyncClient) -> None
     assert {k: r.json()[k] for k in ("name", "category", "description", "metadata")} == {
         "name": "Renamed",
         "category": None,
-        "description": None,
+        "description": "",
         "metadata": {"keep": 1, "new": "x", "deep": {"a": 1, "c": 3}},
     }
     updates = [e for e in await all_events(client, sid, "teacher") if e["event_type"] == "METADATA_UPDATED"]
@@ -295,7 +296,7 @@ async def test_stats(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     st = r.json()
     assert st["total"] == 5
-    assert st["by_status"] == {"ACTIVE": 1, "COMPLETED": 2, "CANCELLED": 1, "FAULTED": 1}
+    assert st["by_status"] == {"active": 1, "inactive": 0, "completed": 2, "cancelled": 1, "faulted": 1}
     d = st["durations"]
     assert d["count"] == 4
     assert d["avg_ms"] == sum(durations) / 4
@@ -307,7 +308,7 @@ async def test_stats(client: httpx.AsyncClient) -> None:
 
     r = await client.get("/sessions/stats", headers=auth("admin"))
     st = r.json()
-    assert st["total"] == 6 and st["by_status"]["ACTIVE"] == 2
+    assert st["total"] == 6 and st["by_status"]["active"] == 2
     assert st["events_by_type"]["SESSION_STARTED"] == 6
     error_of(await client.get("/sessions/stats", headers=auth("student")), 403, "forbidden")
 
@@ -335,6 +336,8 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     assert await ids(category="math") == [c["session_id"], a["session_id"]]
     assert await ids(status="COMPLETED") == [b["session_id"]]
     assert await ids(status="ACTIVE") == [c["session_id"], a["session_id"]]
+    assert await ids(status="active") == await ids(status="Active") == [c["session_id"], a["session_id"]]
+    assert await ids(status="completed") == [b["session_id"]] and await ids(status="inactive") == []
     assert await ids(user_id="u-teacher2") == [c["session_id"]]
     assert await ids("teacher") == [b["session_id"], a["session_id"]]
     assert await ids("teacher", user_id="u-teacher") == [b["session_id"], a["session_id"]]
@@ -347,7 +350,6 @@ async def test_list_filters(client: httpx.AsyncClient) -> None:
     assert await ids(created_after=a["created_at_ms"], created_before=c["created_at_ms"] + 1) == newest_first
     assert await ids(created_after=c["created_at_ms"] + 1) == []
     for bad in (
-        {"status": "active"},
         {"limit": 0},
         {"limit": 10_001},
         {"started_after": -1},
@@ -473,3 +475,147 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert {"status", "limit", "cursor", "started_after", "ended_before"} <= list_params
     op_ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(op_ids) == len(set(op_ids))
+
+
+# The old gateway's SessionResponse: every field, with its type (the web client reads them unchanged).
+OLD_SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "session_id": str,
+    "name": str,
+    "description": str,
+    "category": str,
+    "status": str,
+    "created_by": str,
+    "created_at": str,
+    "updated_at": str,
+    "last_accessed": str,
+    "grade_level": str,
+    "subject_area": str,
+    "learning_objectives": list,
+    "tags": list,
+    "document_count": int,
+    "total_chunks": int,
+    "query_count": int,
+    "user_rating": float,
+    "is_public": bool,
+    "backup_count": int,
+    "rag_settings": dict,
+}
+
+
+async def test_old_client_create_request_and_session_response(client: httpx.AsyncClient) -> None:
+    body = {
+        "name": "Hücre",
+        "description": "",
+        "category": "general",
+        "created_by": "someone-else",  # ignored: the owner is the caller
+        "grade_level": "9",
+        "subject_area": "Biyoloji",
+        "learning_objectives": ["Hücreyi tanır", "Organelleri sayar"],
+        "tags": ["bio"],
+        "is_public": True,
+    }
+    r = await client.post("/sessions", json=body, headers=auth("teacher"))
+    assert r.status_code == 201, r.text
+    sid = r.json()["session_id"]
+    for s in (r.json(), (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()):
+        for field, kind in OLD_SESSION_FIELDS.items():
+            assert isinstance(s[field], kind), (field, s[field])
+        assert "counters" not in s and s["created_by"] == s["user_id"] == "u-teacher"
+        assert {k: s[k] for k in body if k != "created_by"} == {k: v for k, v in body.items() if k != "created_by"}
+        assert s["last_accessed"] == s["updated_at"] and "created_by" not in s["metadata"]
+        assert (s["user_rating"], s["backup_count"], s["student_entry_count"]) == (0.0, 0, 0)
+
+    # unset: the old defaults ("" and [] and false), never null
+    r = await client.post("/sessions", json={"name": "bare"}, headers=auth("teacher"))
+    bare = r.json()
+    assert (bare["description"], bare["grade_level"], bare["subject_area"]) == ("", "", "")
+    assert (bare["learning_objectives"], bare["tags"], bare["is_public"]) == ([], [], False)
+
+
+async def test_patch_descriptive_fields(client: httpx.AsyncClient) -> None:
+    sid = (await create(client, "teacher", tags=["a"], grade_level="5", is_public=True))["session_id"]
+
+    async def patch(body: dict[str, Any]) -> dict[str, Any]:
+        r = await client.patch(f"/sessions/{sid}", json=body, headers=auth("teacher"))
+        assert r.status_code == 200, r.text
+        return cast(dict[str, Any], r.json())
+
+    out = await patch({"tags": ["x", "y"], "learning_objectives": ["o"], "subject_area": "Fen", "is_public": False})
+    assert (out["tags"], out["learning_objectives"], out["subject_area"], out["is_public"]) == (
+        ["x", "y"],
+        ["o"],
+        "Fen",
+        False,
+    )
+    assert out["grade_level"] == "5" and out["metadata"] == {}
+    out = await patch({"tags": None, "grade_level": None, "description": "d"})
+    assert (out["tags"], out["grade_level"], out["description"]) == ([], "", "d")
+
+    # bounded like the rest: refused with 422, nothing written
+    before = (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()
+    for bad in (
+        {"tags": ["t"] * 51},
+        {"tags": ["x" * 501]},
+        {"tags": [" "]},
+        {"learning_objectives": "not a list"},
+        {"learning_objectives": [1]},
+        {"is_public": "yes"},
+        {"grade_level": "g" * 101},
+        {"description": "d" * 2001},
+    ):
+        error_of(await client.patch(f"/sessions/{sid}", json=bad, headers=auth("teacher")), 422, "validation_error")
+        error_of(
+            await client.post("/sessions", json={"name": "n", **bad}, headers=auth("teacher")), 422, "validation_error"
+        )
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json() == before
+
+
+async def test_status_toggle_active_inactive(client: httpx.AsyncClient) -> None:
+    sid = (await create(client))["session_id"]
+
+    async def toggle(status: str, role: str = "teacher") -> httpx.Response:
+        return await client.patch(f"/sessions/{sid}/status", json={"status": status}, headers=auth(role))
+
+    r = await toggle("inactive")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"success", "session_id", "new_status", "updated_session"}  # the old gateway's shape
+    assert (body["success"], body["session_id"], body["new_status"]) == (True, sid, "inactive")
+    session = body["updated_session"]
+    assert (session["status"], session["end_time"], session["duration_ms"]) == ("inactive", None, None)
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json() == session
+    # hidden from students, like a missing session; still the owner's to work in
+    error_of(await client.get(f"/sessions/{sid}", headers=auth("student")), 404, "not_found")
+    r = await client.post(f"/sessions/{sid}/events", json={"state": 4}, headers=auth("teacher"))
+    assert r.status_code == 201, r.text
+
+    assert (await toggle("inactive")).status_code == 200  # already inactive: no change, no event
+    assert (await toggle("ACTIVE")).json()["new_status"] == "active"  # either case
+    assert (await client.get(f"/sessions/{sid}", headers=auth("student"))).status_code == 200
+    assert (await toggle("Inactive")).status_code == 200
+    changes = [e["event_data"] for e in await all_events(client, sid, "teacher") if e["event_type"] == "STATUS_CHANGED"]
+    assert changes == [
+        {"from": "ACTIVE", "to": "INACTIVE"},
+        {"from": "INACTIVE", "to": "ACTIVE"},
+        {"from": "ACTIVE", "to": "INACTIVE"},
+    ]
+
+    # only the open statuses; a student may not; another teacher sees nothing
+    for bad in ({"status": "completed"}, {"status": "paused"}, {}, {"status": 1}, {"status": "active", "x": 1}):
+        r = await client.patch(f"/sessions/{sid}/status", json=bad, headers=auth("teacher"))
+        error_of(r, 422, "validation_error")
+    error_of(await toggle("active", "student"), 403, "forbidden")
+    error_of(await toggle("active", "teacher2"), 404, "not_found")
+    error_of(
+        await client.post(f"/sessions/{sid}/events", json={"event_type": "STATUS_CHANGED"}, headers=auth("teacher")),
+        422,
+    )
+
+    # ending works from inactive; an ended session is final
+    ended = await end(client, sid, status="cancelled", end_state=4)
+    assert ended["status"] == "cancelled" and ended["end_time"] is not None
+    for status in ("active", "inactive"):
+        error_of(await toggle(status), 409, "conflict")
+    assert (await client.get(f"/sessions/{sid}", headers=auth("teacher"))).json()["status"] == "cancelled"
+    stats = (await client.get("/sessions/stats", headers=auth("teacher"))).json()
+    assert set(stats["by_status"]) == {"active", "inactive", "completed", "cancelled", "faulted"}

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from sessions_kit import create, db_path, error_of, settings_of, snapshot, start_gateway
 
+from service.sessions.models import RESERVED_METADATA_KEYS
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 
@@ -91,7 +92,7 @@ async def test_rejections_leave_database_unchanged(client: httpx.AsyncClient, ga
         ("POST", f"/sessions/{sid}/end", {"json": {"status": "ACTIVE", "end_state": 1}}, 422, ""),
         ("POST", f"/sessions/{sid}/events", {"json": {"state": 42}}, 422, "validation_error"),
     ]
-    for key in ("name", "category", "description", "rag_settings", "counters"):
+    for key in sorted(RESERVED_METADATA_KEYS):
         cases.append(("POST", "/sessions", {"json": {"name": "x", "metadata": {key: 1}}}, 422, "validation_error"))
         cases.append(("PATCH", f"/sessions/{sid}", {"json": {"metadata": {key: 1}}}, 422, "validation_error"))
     # numbers JSON cannot carry: accepted by the parser, refused before they reach SQLite

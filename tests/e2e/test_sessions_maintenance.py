@@ -163,7 +163,7 @@ async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, 
 
 
 def seed_db(path: Path) -> None:
-    """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old)."""
+    """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old), 1 very old INACTIVE."""
     from service.db import migrations
 
     now = int(time.time() * 1000)
@@ -179,6 +179,7 @@ def seed_db(path: Path) -> None:
             ("new2", "COMPLETED", now - 3600_000, now - 60_000),
             ("act1", "ACTIVE", now - 400 * DAY_MS, None),
             ("act2", "ACTIVE", now - 1000, None),
+            ("ina1", "INACTIVE", now - 500 * DAY_MS, None),
         ]
         for sid, status, start, end_ms in specs:
             conn.execute(
@@ -210,20 +211,20 @@ def test_cli_cleanup(tmp_path: Path) -> None:
     r = cli("cleanup", "--older-than-days", "10", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"deleted_sessions": 2, "deleted_events": 2}
-    assert session_ids(path) == {"new1", "new2", "act1", "act2"}
+    assert session_ids(path) == {"new1", "new2", "act1", "act2", "ina1"}
     r = cli("cleanup", "--keep-newest", "1", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"deleted_sessions": 1, "deleted_events": 1}
-    assert session_ids(path) == {"new2", "act1", "act2"}
+    assert session_ids(path) == {"new2", "act1", "act2", "ina1"}
     r = cli("cleanup", "--keep-newest", "0", "--older-than-days", "0", env=env)
     assert json.loads(r.stdout)["deleted_sessions"] == 1
-    assert session_ids(path) == {"act1", "act2"}  # ACTIVE sessions are never deleted, however old
+    assert session_ids(path) == {"act1", "act2", "ina1"}  # open sessions are never deleted, however old
     r = cli("cleanup", env=env)
     assert r.returncode == 2 and "--keep-newest" in r.stderr
     r = cli("cleanup", "--keep-newest", "-1", env=env)
     assert r.returncode == 2 and "keep-newest" in r.stderr
     assert "Traceback" not in r.stderr
-    assert session_ids(path) == {"act1", "act2"}
+    assert session_ids(path) == {"act1", "act2", "ina1"}
 
 
 def test_cli_migrate_fresh_and_idempotent(tmp_path: Path) -> None:

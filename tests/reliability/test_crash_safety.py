@@ -258,7 +258,7 @@ async def audit(gw: GatewayProcess, ledger: Ledger, seed: int, label: str) -> di
                 return f"{sid}: GET -> {r.status_code}"
             row = snap["sessions"][sid]
             got = r.json()
-            if (got["status"], got["current_state"]) != (row["status"], row["current_state"]):
+            if (got["status"], got["current_state"]) != (row["status"].lower(), row["current_state"]):
                 return f"{sid}: served {got['status']}/{got['current_state']}, file {row['status']}"
             return None
 

@@ -92,6 +92,7 @@ class Seeded:
 
     t1_active: str
     t1_ended: str
+    t1_inactive: str  # open, toggled inactive by its owner: hidden from students, still the owner's to work in
     t2_active: str
     missing: str = "0" * 32
 
@@ -110,6 +111,11 @@ def end_session(client: httpx.Client, session_id: str, role: str = "teacher") ->
     assert resp.status_code == 200, resp.text
 
 
+def set_status(client: httpx.Client, session_id: str, status: str, role: str = "teacher") -> None:
+    resp = client.patch(f"/sessions/{session_id}/status", json={"status": status}, headers=auth(role))
+    assert resp.status_code == 200, resp.text
+
+
 def upload_document(client: httpx.Client, session_id: str, role: str = "admin") -> None:
     text = "Photosynthesis turns light into chemical energy. Chlorophyll absorbs light. " * 5
     resp = client.post(
@@ -125,10 +131,13 @@ def seed(client: httpx.Client, *, documents: bool = False) -> Seeded:
     seeded = Seeded(
         t1_active=create_session(client, "teacher", category="seed"),
         t1_ended=create_session(client, "teacher", category="seed"),
+        t1_inactive=create_session(client, "teacher", category="seed"),
         t2_active=create_session(client, "teacher2", category="seed"),
     )
     end_session(client, seeded.t1_ended)
     if documents:
         upload_document(client, seeded.t1_active)
+        upload_document(client, seeded.t1_inactive)
         upload_document(client, seeded.t2_active)
+    set_status(client, seeded.t1_inactive, "inactive")
     return seeded

@@ -2,12 +2,13 @@
 ``/api`` twin) x role x target session, with the exact status expected.
 
 Roles: admin, teacher (owns the t1_* sessions), teacher2 (another teacher, owns t2_active), student, and anon
-(no token). Targets: t1_active, t1_ended (COMPLETED), t2_active and a missing id.
+(no token). Targets: t1_active, t1_ended (COMPLETED), t1_inactive (toggled inactive), t2_active and a missing id.
 Rules: admin may do everything; a teacher has full control of their own sessions and gets 404 for another's;
 a student may list and read ACTIVE sessions, run RAG queries and generate questions on them and read their own
 profile, gets 404 where the session is not visible, and 403 for any other route whatever the session (the
 route's declared roles exclude students, so the answer says nothing about the session);
-a missing id is 404; an ended session refuses events, end, RAG work and uploads with 409.
+a missing id is 404; an ended session refuses events, end, the status toggle, RAG work and uploads with 409;
+an inactive session is open: hidden from students (404) but its owner works in it as in an active one.
 Every error body is checked for the error envelope and for stack traces / SQL. A second part checks that
 bearer tokens never reach the logs (nor any response body).
 """
@@ -22,41 +23,50 @@ from typing import Any
 
 import httpx
 import pytest
-from security_kit import Gateway, Seeded, assert_error, assert_no_leak, create_session, end_session, seed
+from security_kit import (
+    Gateway,
+    Seeded,
+    assert_error,
+    assert_no_leak,
+    create_session,
+    end_session,
+    seed,
+    set_status,
+)
 
 from service.app import all_endpoints
 from service.logging_setup import JsonFormatter
 from support.servers import auth
 
 ROLES = ("admin", "teacher", "teacher2", "student", "anon")
-TARGETS = ("t1_active", "t1_ended", "t2_active", "missing")
+TARGETS = ("t1_active", "t1_ended", "t1_inactive", "t2_active", "missing")
 SID = "/sessions/{session_id}"
 UPLOAD = "/api/documents/process-and-store"
 
-# status per target (t1_active, t1_ended, t2_active, missing), per role
+# status per target (t1_active, t1_ended, t1_inactive, t2_active, missing), per role
 READ = {
-    "admin": (200, 200, 200, 404),
-    "teacher": (200, 200, 404, 404),
-    "teacher2": (404, 404, 200, 404),
-    "student": (200, 404, 200, 404),
+    "admin": (200, 200, 200, 200, 404),
+    "teacher": (200, 200, 200, 404, 404),
+    "teacher2": (404, 404, 404, 200, 404),
+    "student": (200, 404, 404, 200, 404),
 }
 CHANGE = {  # any change, allowed on ended sessions too
-    "admin": (200, 200, 200, 404),
-    "teacher": (200, 200, 404, 404),
-    "teacher2": (404, 404, 200, 404),
-    "student": (403, 403, 403, 403),
+    "admin": (200, 200, 200, 200, 404),
+    "teacher": (200, 200, 200, 404, 404),
+    "teacher2": (404, 404, 404, 200, 404),
+    "student": (403, 403, 403, 403, 403),
 }
-ACTIVE_ONLY_CHANGE = {  # owner's work that needs an ACTIVE session
-    "admin": (200, 409, 200, 404),
-    "teacher": (200, 409, 404, 404),
-    "teacher2": (404, 404, 200, 404),
-    "student": (403, 403, 403, 403),
+OPEN_ONLY_CHANGE = {  # owner's work that needs an open (active or inactive) session
+    "admin": (200, 409, 200, 200, 404),
+    "teacher": (200, 409, 200, 404, 404),
+    "teacher2": (404, 404, 404, 200, 404),
+    "student": (403, 403, 403, 403, 403),
 }
-ACTIVE_ONLY_READ = {  # what a student may also do, on ACTIVE sessions
-    "admin": (200, 409, 200, 404),
-    "teacher": (200, 409, 404, 404),
-    "teacher2": (404, 404, 200, 404),
-    "student": (200, 404, 200, 404),
+OPEN_ONLY_READ = {  # what a student may also do, on ACTIVE sessions (an inactive one is hidden from them)
+    "admin": (200, 409, 200, 200, 404),
+    "teacher": (200, 409, 200, 404, 404),
+    "teacher2": (404, 404, 404, 200, 404),
+    "student": (200, 404, 404, 200, 404),
 }
 
 
@@ -109,22 +119,23 @@ RULES = [
     Rule("GET", SID, READ, targets=True),
     Rule("PATCH", SID, CHANGE, {"description": "changed"}, targets=True),
     Rule("DELETE", SID, CHANGE, targets=True),
-    Rule("POST", SID + "/events", _with_status(ACTIVE_ONLY_CHANGE, 201), {"event_type": "CLICK"}, targets=True),
+    Rule("PATCH", SID + "/status", OPEN_ONLY_CHANGE, {"status": "inactive"}, targets=True),
+    Rule("POST", SID + "/events", _with_status(OPEN_ONLY_CHANGE, 201), {"event_type": "CLICK"}, targets=True),
     Rule("GET", SID + "/events", READ, targets=True),
-    Rule("POST", SID + "/end", ACTIVE_ONLY_CHANGE, {"end_state": 2}, targets=True),
+    Rule("POST", SID + "/end", OPEN_ONLY_CHANGE, {"end_state": 2}, targets=True),
     Rule("GET", SID + "/rag-settings", READ, targets=True),
     Rule("PATCH", SID + "/rag-settings", CHANGE, {"top_k": 3}, targets=True),
-    Rule("POST", "/rag/query", ACTIVE_ONLY_READ, {"session_id": "{session_id}", "query": "light"}, targets=True),
-    Rule("POST", SID + "/generate-questions", ACTIVE_ONLY_READ, {"count": 2}, targets=True, documents=True),
+    Rule("POST", "/rag/query", OPEN_ONLY_READ, {"session_id": "{session_id}", "query": "light"}, targets=True),
+    Rule("POST", SID + "/generate-questions", OPEN_ONLY_READ, {"count": 2}, targets=True, documents=True),
     Rule(
         "POST",
         SID + "/reprocess",
-        ACTIVE_ONLY_CHANGE,
+        OPEN_ONLY_CHANGE,
         {"chunk_size": 300, "chunk_overlap": 30},
         targets=True,
         documents=True,
     ),
-    Rule("POST", UPLOAD, ACTIVE_ONLY_CHANGE, targets=True, upload=True),
+    Rule("POST", UPLOAD, OPEN_ONLY_CHANGE, targets=True, upload=True),
     # the markdown library: staff only; a name the caller has no file of is a 404 (delete_all needs its flag: 422)
     Rule("POST", "/documents/upload-markdown", STAFF_ONLY, markdown=True),
     Rule("GET", "/documents/list-markdown", STAFF_ONLY),
@@ -233,13 +244,23 @@ def test_list_and_stats_are_scoped_to_the_caller(client: httpx.Client) -> None:
     assert ids(other) == {theirs}
     assert ids(pupil) == {mine[1], mine[2], theirs}  # ACTIVE only
     assert ids(pupil, status="COMPLETED") == set()
+    r = client.patch(f"/sessions/{mine[2]}/status", json={"status": "inactive"}, headers=h(me))
+    assert r.status_code == 200, r.text
+    assert ids(pupil) == {mine[1], theirs} and ids(pupil, status="inactive") == set()
+    assert ids(me) == set(mine) and ids(me, status="INACTIVE") == {mine[2]}
     assert ids(me, user_id=f"me{tag}") == set(mine)
     assert_error(client.get("/sessions", params={"user_id": f"other{tag}"}, headers=h(me)), 403)
     assert_error(client.get("/sessions", params={"user_id": f"me{tag}"}, headers=h(pupil)), 403)
     admin = client.get("/sessions", params={"category": f"cat{tag}", "user_id": f"other{tag}"}, headers=auth("admin"))
     assert {s["session_id"] for s in admin.json()} == {theirs}
     stats = client.get("/sessions/stats", headers=h(me)).json()
-    assert stats["total"] == 3 and stats["by_status"]["ACTIVE"] == 2 and stats["by_status"]["COMPLETED"] == 1
+    assert stats["total"] == 3 and stats["by_status"] == {
+        "active": 1,
+        "inactive": 1,
+        "completed": 1,
+        "cancelled": 0,
+        "faulted": 0,
+    }
     assert client.get("/sessions/stats", headers=h(other)).json()["total"] == 1
     assert_error(client.get("/sessions/stats", headers=h(pupil)), 403)
     profile = client.get("/profile", headers=h(pupil)).json()
@@ -250,6 +271,7 @@ def test_no_existence_oracle(client: httpx.Client) -> None:
     """Another teacher's session and a missing one give byte-identical answers (apart from the echoed id)."""
     theirs = create_session(client, "teacher2")
     end_session(client, ended := create_session(client, "teacher2"), role="teacher2")
+    set_status(client, inactive := create_session(client, "teacher2"), "inactive", role="teacher2")
     missing = uuid.uuid4().hex
     for method, suffix, body in (
         ("GET", "", None),
@@ -257,8 +279,9 @@ def test_no_existence_oracle(client: httpx.Client) -> None:
         ("DELETE", "", None),
         ("GET", "/events", None),
         ("POST", "/end", {"end_state": 1}),
+        ("PATCH", "/status", {"status": "active"}),
     ):
-        for role, hidden in (("teacher", theirs), ("teacher", ended), ("student", ended)):
+        for role, hidden in (("teacher", theirs), ("teacher", ended), ("student", ended), ("student", inactive)):
             if role == "student" and method != "GET":
                 continue  # refused by the route's roles (403) whatever the session
             a = client.request(method, f"/sessions/{hidden}{suffix}", json=body, headers=auth(role))

@@ -16,6 +16,7 @@ from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
     MAX_JSON_DEPTH,
+    RESERVED_METADATA_KEYS,
     EventCreate,
     ListQuery,
     SessionCreate,
@@ -26,6 +27,7 @@ from service.sessions.models import (
 )
 from service.sessions.store import event_out, session_out
 from service.timeutil import iso
+from support.session_view import counters_of
 
 ADMIN = Principal(id="a", role="admin", username="a", profile={})
 TEACHER = Principal(id="t", role="teacher", username="t", profile={})
@@ -101,7 +103,7 @@ def test_non_finite_numbers_are_refused(bad: float) -> None:
     json.dumps({"a": 1.5}, allow_nan=False)
 
 
-@pytest.mark.parametrize("key", ["name", "category", "description", "rag_settings", "counters"])
+@pytest.mark.parametrize("key", sorted(RESERVED_METADATA_KEYS))
 def test_reserved_metadata_keys(key: str) -> None:
     with pytest.raises(ValidationError, match="own fields"):
         SessionCreate(name="x", metadata={key: 1})
@@ -204,9 +206,9 @@ def test_session_out_separates_service_keys() -> None:
     }
     out = session_out(row)
     assert out["metadata"] == {"k": 1}
-    assert (out["name"], out["category"], out["description"]) == ("n", "c", None)
+    assert (out["name"], out["category"], out["description"]) == ("n", "c", "")
     assert out["rag_settings"] == {"top_k": 3}
-    assert out["counters"] == {"document_count": 0, "total_chunks": 0, "query_count": 4, "questions_generated": 0}
+    assert counters_of(out) == {"document_count": 0, "total_chunks": 0, "query_count": 4, "questions_generated": 0}
     assert out["duration_ms"] == 2_500
     assert out["start_time"] == "1970-01-01T00:00:01.000Z" and out["end_time"] == "1970-01-01T00:00:03.500Z"
     event = event_out({"id": 1, "session_id": "s", "event_type": "E", "timestamp": 0, "event_data": None})
