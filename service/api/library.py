@@ -8,7 +8,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from service.api.endpoint import STAFF, Call, Endpoint
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.api.text_files import decode_text
+from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from service.library import store
 from service.library.models import (
     DeleteAllQuery,
@@ -46,16 +47,7 @@ async def upload_markdown(call: Call[Any, Any]) -> dict[str, Any]:
         if "Too many" in str(exc.detail) or "exceeded maximum size" in str(exc.detail):
             raise ValidationFailed("send exactly one file part named 'file'") from None
         raise BadRequest(f"malformed multipart body: {exc.detail}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"{name} is larger than {limit} bytes", details={"filename": name})
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValidationFailed(f"{name} is not valid UTF-8 text", details={"filename": name}) from None
-    if "\x00" in text:
-        raise ValidationFailed(f"{name} contains NUL characters", details={"filename": name})
-    if not text.strip():
-        raise ValidationFailed(f"{name} is empty", details={"filename": name})
+    text = decode_text(name, data, limit)
     max_files = call.ctx.settings.library_max_files
     stored = await store.add(call.ctx.db, call.principal, name, text, len(data), max_files=max_files)
     return {"success": True, "message": f"{stored} uploaded", "markdown_filename": stored}

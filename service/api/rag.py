@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from service.api.endpoint import OWN_SESSION, PUBLIC, SEE_SESSION, Call, Endpoint, validation_details
+from service.api.text_files import decode_text
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.rag.models import (
     GenerateQuestionsRequest,
@@ -109,17 +110,7 @@ async def _read_text(upload: UploadFile, limit: int) -> tuple[str, str, int]:
     if upload.size is not None and upload.size > limit:
         raise PayloadTooLarge(f"{name} is larger than {limit} bytes", details={"filename": name})
     data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"{name} is larger than {limit} bytes", details={"filename": name})
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValidationFailed(f"{name} is not valid UTF-8 text", details={"filename": name}) from None
-    if "\x00" in text:
-        raise ValidationFailed(f"{name} contains NUL bytes", details={"filename": name})
-    if not text.strip():
-        raise ValidationFailed(f"{name} is empty", details={"filename": name})
-    return name, text, len(data)
+    return name, decode_text(name, data, limit), len(data)
 
 
 SID = "/sessions/{session_id}"
