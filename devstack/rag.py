@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.requests import Request
@@ -13,7 +13,9 @@ from devstack.settings import DevstackSettings
 from devstack.store import Document, Hit, RagStore
 from devstack.web import ApiError, path_id, read_model
 
-Strategy = Literal["fixed", "paragraph", "sentence"]
+# The EBARS client also sends e.g. "semantic" or "lightweight": any bounded name is accepted, and a name this
+# stand-in does not implement chunks like "paragraph" (see devstack/README.md).
+Strategy = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Style = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 NO_CONTEXT = "No relevant context found."

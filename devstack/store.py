@@ -80,7 +80,11 @@ class Collection:
 
 def build_chunks(doc: Document, limit: int) -> list[Chunk] | None:
     """Chunk one document (pure, thread-safe); ``None`` when it yields more than ``limit`` chunks."""
-    pieces = list(islice(CHUNKERS[doc.strategy](doc.text, doc.chunk_size, doc.chunk_overlap), limit + 1))
+    pieces = list(
+        islice(
+            CHUNKERS.get(doc.strategy, CHUNKERS["paragraph"])(doc.text, doc.chunk_size, doc.chunk_overlap), limit + 1
+        )
+    )
     if len(pieces) > limit:
         return None
     base = {

@@ -64,6 +64,9 @@ class GenerateQuestionsResponse(BaseModel):
     context_chars: int
 
 
+ChunkStrategy = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
 class Chunking(Strict):
     """Chunking parameters, shared by uploads and reprocessing; the overlap must leave each chunk some new text."""
 
@@ -98,6 +101,10 @@ class FileResult(BaseModel):
 
 class ProcessResponse(BaseModel):
     session_id: str
+    success: bool = Field(description="true when at least one document was stored (old gateway's field)")
+    message: str
+    processed_count: int = Field(description="documents stored, as ``succeeded`` (old gateway's field)")
+    total_chunks_added: int = Field(description="chunks stored by this request, as ``chunks_processed``")
     files: list[FileResult]
     succeeded: int
     failed: int
@@ -110,14 +117,19 @@ class ProcessForm(Chunking):
     """The multipart fields of a document upload (``files`` are the file parts)."""
 
     session_id: str = Field(min_length=1, max_length=128)
-    chunk_strategy: Literal["fixed", "paragraph", "sentence"] = "fixed"
+    # The RAG service owns chunking (the EBARS client sends "semantic", "lightweight", ...): bounded, forwarded.
+    chunk_strategy: ChunkStrategy = "fixed"
     embedding_model: ModelName | None = None
 
 
 class ProcessUpload(ProcessForm):
-    """The multipart body as documented: the form fields plus one or more text/markdown ``files``."""
+    """The multipart body as documented: the form fields plus either text/markdown ``files`` or
+    ``markdown_files``, a JSON list of names in the caller's markdown library (the old client's form)."""
 
-    files: list[bytes] = Field(min_length=1, json_schema_extra={"items": {"type": "string", "format": "binary"}})
+    files: list[bytes] | None = Field(
+        default=None, min_length=1, json_schema_extra={"items": {"type": "string", "format": "binary"}}
+    )
+    markdown_files: str | None = Field(default=None, description='JSON list of library file names, e.g. ["a.md"]')
 
 
 class RagSettingsPatch(RagSettings):

@@ -14,6 +14,7 @@ from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
 from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_open
+from service.library import store as library_store
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import STYLE_KEYS, GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
@@ -178,10 +179,15 @@ class Rag:
         form: ProcessForm,
         files: list[tuple[str, str, int]],
         authorization: str | None = None,
+        *,
+        library_names: list[str] | None = None,
     ) -> dict[str, Any]:
-        """``files`` are (filename, text, bytes). Each goes downstream with bounded concurrency; the counters
-        count only what succeeded, in one write after the downstream answers."""
+        """``files`` are (filename, text, bytes), or ``library_names`` name the caller's library files (read after
+        the session check, so a session you may not change is a 404 first). Each goes downstream with bounded
+        concurrency; the counters count only what succeeded, in one write after the downstream answers."""
         session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
+        if library_names is not None:
+            files = await library_store.documents(self.db, principal, library_names)
         embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         gate = asyncio.Semaphore(4)
@@ -251,6 +257,10 @@ class Rag:
         )
         return {
             "session_id": form.session_id,
+            "success": True,
+            "message": f"{len(ok)} of {len(results)} documents processed, {chunks_total} chunks added",
+            "processed_count": len(ok),
+            "total_chunks_added": chunks_total,
             "files": results,
             "succeeded": len(ok),
             "failed": len(results) - len(ok),

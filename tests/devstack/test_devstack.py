@@ -278,7 +278,7 @@ async def test_chunk_strategies_over_http(client: httpx.AsyncClient, strategy: s
 
 
 async def test_unknown_strategy_and_bad_inputs_are_422(client: httpx.AsyncClient) -> None:
-    bad_strategy = await store(client, "s", BIO, chunk_strategy="semantic")
+    bad_strategy = await store(client, "s", BIO, chunk_strategy="semantic chunks!")
     assert bad_strategy.status_code == 422
     assert bad_strategy.json()["detail"][0]["loc"] == ["chunk_strategy"]
     overlap = await store(client, "s", BIO, chunk_size=100, chunk_overlap=100)
