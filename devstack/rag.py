@@ -20,6 +20,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Style = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 NO_CONTEXT = "No relevant context found."
 MAX_SUGGESTIONS = 3
+MAX_CHUNKS_LIMIT = 10_000
 # The old platform's knobs and the EBARS answer-style fields: accepted and recorded (``GET /_control`` ->
 # ``queries``) so tests can see what arrived; only min_score_threshold changes the answer.
 RECORDED_OPTIONS = (
@@ -174,9 +175,19 @@ class RagApi:
         return JSONResponse({"success": True, "chunks_processed": chunks, "documents": documents})
 
     async def chunks(self, request: Request) -> Response:
+        """The session's chunks in insertion order, at most ``limit`` (1..MAX_CHUNKS_LIMIT, default that bound);
+        ``total_count`` counts them all, so a caller knows when it got only a part."""
         session_id = path_id(request)
+        raw = request.query_params.get("limit", str(MAX_CHUNKS_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHUNKS_LIMIT:
+            raise ApiError(422, f"limit must be an integer in 1..{MAX_CHUNKS_LIMIT}")
         chunks = self.store.session_chunks(session_id)
-        return JSONResponse({"chunks": [{"chunk_text": c.text, "metadata": c.metadata} for c in chunks]})
+        return JSONResponse(
+            {
+                "chunks": [{"chunk_text": c.text, "metadata": c.metadata} for c in chunks[: int(raw)]],
+                "total_count": len(chunks),
+            }
+        )
 
     async def delete_collection(self, request: Request) -> Response:
         deleted = self.store.delete_session(path_id(request))

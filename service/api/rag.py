@@ -26,6 +26,7 @@ from service.rag.models import (
     ReprocessRequest,
     ReprocessResponse,
     ServicesHealth,
+    SessionChunksResponse,
 )
 from service.rag.operations import Rag
 
@@ -51,6 +52,10 @@ async def generate_questions(call: Call[GenerateQuestionsRequest, Any]) -> dict[
 
 async def reprocess(call: Call[ReprocessRequest, Any]) -> dict[str, Any]:
     return await rag(call).reprocess(call.principal, call.path["session_id"], call.body, authorization(call))
+
+
+async def session_chunks(call: Call[Any, Any]) -> dict[str, Any]:
+    return await rag(call).chunks(call.principal, call.path["session_id"], authorization(call))
 
 
 async def get_rag_settings(call: Call[Any, Any]) -> dict[str, Any]:
@@ -193,6 +198,16 @@ ENDPOINTS = [
         body=ReprocessRequest,
         response=ReprocessResponse,
         errors=(409, 502, 503, 504),
+    ),
+    Endpoint(
+        "GET",
+        SID + "/chunks",
+        session_chunks,
+        "The session's chunks, from the RAG service (bounded)",
+        TAG,
+        SEE_SESSION,
+        response=SessionChunksResponse,
+        errors=(502, 503, 504),
     ),
     Endpoint(
         "GET",

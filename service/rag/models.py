@@ -51,6 +51,23 @@ class RagQueryResponse(BaseModel):
     suggestions: list[str] = Field(description="follow-up questions from the RAG service; empty when it gives none")
 
 
+class SessionChunk(BaseModel):
+    """One chunk as the EBARS frontend's ``Chunk`` type (frontend/lib/api.ts) has it."""
+
+    document_name: str = Field(description="the document's file name (the chunk metadata's filename)")
+    chunk_index: int = Field(description="position within its document, from 0")
+    chunk_text: str
+    chunk_metadata: dict[str, Any] = Field(description="the RAG service's chunk metadata, as given")
+
+
+class SessionChunksResponse(BaseModel):
+    """The old gateway's shape (``SessionChunksResponse`` in api.ts): an object whose ``chunks`` the client reads."""
+
+    session_id: str
+    chunks: list[SessionChunk]
+    total_count: int = Field(description="chunks the RAG service holds; more than len(chunks) when it was cut")
+
+
 class GenerateQuestionsRequest(Strict):
     count: int = Field(default=5, ge=1, le=20)
 

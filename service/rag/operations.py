@@ -23,6 +23,8 @@ from service.settings import Settings
 
 MAX_SUGGESTIONS = 10
 MAX_SUGGESTION_CHARS = 500
+# One chunk listing is bounded: the RAG service returns at most this many (and the total it holds).
+MAX_LISTED_CHUNKS = 10_000
 
 
 def collection_name(session_id: str) -> str:
@@ -42,6 +44,22 @@ def _source(raw: dict[str, Any]) -> dict[str, Any]:
         "chunk_text": text,
         "score": float(score),
         "metadata": metadata if isinstance(metadata, dict) else None,
+    }
+
+
+def _chunk(raw: dict[str, Any], position: int) -> dict[str, Any]:
+    """A downstream chunk as the frontend's ``Chunk``: name and index from its metadata (the listing position
+    when the RAG service gives no index), its text from ``chunk_text`` (else ``content``/``text``)."""
+    given = raw.get("metadata")
+    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
+    text = next((raw[k] for k in ("chunk_text", "content", "text") if isinstance(raw.get(k), str)), "")
+    name = metadata.get("filename") or metadata.get("source_file")
+    index = metadata.get("chunk_index")
+    return {
+        "document_name": name if isinstance(name, str) else "",
+        "chunk_index": index if isinstance(index, int) and not isinstance(index, bool) else position,
+        "chunk_text": text,
+        "chunk_metadata": metadata,
     }
 
 
@@ -118,6 +136,25 @@ class Rag:
             "processing_time_ms": round((time.perf_counter() - started) * 1000),
             "suggestions": _suggestions(answer.get("suggestions")),
         }
+
+    async def chunks(self, principal: Principal, session_id: str, authorization: str | None = None) -> dict[str, Any]:
+        """The session's chunks from the RAG service, in the EBARS ``Chunk`` shape; any session you may see,
+        ended ones included (reading chunks changes nothing)."""
+        await rag_store.session_for_read(self.db, principal, session_id)
+        reply = await self.downstream.call(
+            "rag",
+            "GET",
+            f"/sessions/{session_id}/chunks?limit={MAX_LISTED_CHUNKS}",
+            headers=self._forward(authorization),
+        )
+        raw = reply.body.get("chunks") if isinstance(reply.body, dict) else None
+        if not isinstance(raw, list):
+            raise DownstreamBadAnswer("rag service chunks answer is malformed", details={"service": "rag"})
+        chunks = [_chunk(c, i) for i, c in enumerate(raw[:MAX_LISTED_CHUNKS]) if isinstance(c, dict)]
+        total = reply.body.get("total_count")
+        if not isinstance(total, int) or isinstance(total, bool) or total < len(chunks):
+            total = len(chunks)
+        return {"session_id": session_id, "chunks": chunks, "total_count": total}
 
     async def generate_questions(
         self, principal: Principal, session_id: str, body: GenerateQuestionsRequest, authorization: str | None = None

@@ -327,7 +327,7 @@ async def test_custom_collection_and_session_isolation(client: httpx.AsyncClient
 
 async def test_chunks_of_unknown_session_is_empty(client: httpx.AsyncClient) -> None:
     response = await client.get("/sessions/unknown/chunks")
-    assert response.status_code == 200 and response.json() == {"chunks": []}
+    assert response.status_code == 200 and response.json() == {"chunks": [], "total_count": 0}
 
 
 async def test_delete_collection(client: httpx.AsyncClient) -> None:
@@ -924,3 +924,13 @@ async def test_live_server_disconnect_and_hang(live: str) -> None:
         slow = await c.get("/health?fault=slow_body")
         assert slow.json() == {"status": "ok"}
         assert (await c.get("/_control")).json()["counts"]["/users/me"] == 1
+
+
+async def test_chunk_listing_is_bounded(client: httpx.AsyncClient) -> None:
+    await store(client, "lim", BIO, chunk_strategy="paragraph", chunk_size=60, chunk_overlap=10)
+    whole = (await client.get("/sessions/lim/chunks")).json()
+    assert whole["total_count"] == len(whole["chunks"]) >= 2
+    one = (await client.get("/sessions/lim/chunks", params={"limit": 1})).json()
+    assert one == {"chunks": whole["chunks"][:1], "total_count": whole["total_count"]}
+    for bad in ("0", "10001", "x", "-1"):
+        assert (await client.get("/sessions/lim/chunks", params={"limit": bad})).status_code == 422

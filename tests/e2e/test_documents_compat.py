@@ -135,3 +135,42 @@ async def test_markdown_files_access(client: httpx.AsyncClient) -> None:
     error_of(await post_form(client, add_markdown_form(sid, ["bio.md"]), role="student"), 403)
     # an admin may use any owner's file in any session
     assert (await post_form(client, add_markdown_form(sid, ["bio.md"]), role="admin")).status_code == 200
+
+
+async def test_get_chunks_for_session(client: httpx.AsyncClient) -> None:
+    sid = (await create(client))["session_id"]
+    await library_upload(client, "bio.md", BIO)
+    added = (await post_form(client, add_markdown_form(sid, ["bio.md"]))).json()
+    # api.ts getChunksForSession(sessionId): GET `${getApiUrl()}/sessions/${sessionId}/chunks`, reads
+    # `data.chunks` (an array of Chunk: document_name, chunk_index, chunk_text, chunk_metadata?); the response
+    # type SessionChunksResponse also names total_count and session_id. So the answer is an object, not an array.
+    r = await client.get(f"/api/sessions/{sid}/chunks", headers=auth("student"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["session_id"] == sid
+    assert isinstance(body["chunks"], list) and len(body["chunks"]) == added["total_chunks_added"]
+    assert isinstance(body["total_count"], int) and body["total_count"] == len(body["chunks"])
+    for i, chunk in enumerate(body["chunks"]):
+        assert chunk["document_name"] == "bio.md"
+        assert isinstance(chunk["chunk_index"], int) and chunk["chunk_index"] == i
+        assert isinstance(chunk["chunk_text"], str) and chunk["chunk_text"] in BIO
+        assert isinstance(chunk["chunk_metadata"], dict) and chunk["chunk_metadata"]["session_id"] == sid
+    assert "Chlorophyll absorbs blue and red light." in [c["chunk_text"] for c in body["chunks"]]
+    # the unprefixed route is the same; a session with no documents has no chunks
+    assert (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).json() == body
+    empty = (await create(client))["session_id"]
+    r = await client.get(f"/sessions/{empty}/chunks", headers=auth("teacher"))
+    assert r.json() == {"session_id": empty, "chunks": [], "total_count": 0}
+
+
+async def test_chunks_access(client: httpx.AsyncClient) -> None:
+    sid = (await create(client))["session_id"]
+    error_of(await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher2")), 404)
+    error_of(await client.get("/sessions/nope/chunks", headers=auth("admin")), 404)
+    error_of(await client.get(f"/sessions/{sid}/chunks"), 401)
+    assert (await client.get(f"/sessions/{sid}/chunks", headers=auth("admin"))).status_code == 200
+    # an inactive session is hidden from students, like a missing one
+    r = await client.patch(f"/sessions/{sid}/status", json={"status": "inactive"}, headers=auth("teacher"))
+    assert r.status_code == 200, r.text
+    error_of(await client.get(f"/sessions/{sid}/chunks", headers=auth("student")), 404)
+    assert (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).status_code == 200
