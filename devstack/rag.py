@@ -73,6 +73,7 @@ class ReprocessRequest(BaseModel):
     chunk_overlap: int | None = Field(default=None, ge=0, le=100_000)
     chunk_strategy: Strategy | None = None
     embedding_model: Name | None = None
+    source_files: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(default=None, max_length=1000)
 
 
 class QueryRequest(BaseModel):
@@ -165,14 +166,23 @@ class RagApi:
     async def reprocess(self, request: Request) -> Response:
         session_id = path_id(request)
         body = await read_model(request, ReprocessRequest, self.settings.max_body_bytes)
-        documents, chunks = await self.store.reprocess(
+        files, chunks, total = await self.store.reprocess(
             session_id,
+            files=body.source_files,
             chunk_size=body.chunk_size,
             chunk_overlap=body.chunk_overlap,
             strategy=body.chunk_strategy,
             embedding_model=body.embedding_model,
         )
-        return JSONResponse({"success": True, "chunks_processed": chunks, "documents": documents})
+        return JSONResponse(
+            {
+                "success": True,
+                "chunks_processed": chunks,
+                "documents": len(files),
+                "files": files,
+                "total_chunks": total,
+            }
+        )
 
     async def chunks(self, request: Request) -> Response:
         """The session's chunks in insertion order, at most ``limit`` (1..MAX_CHUNKS_LIMIT, default that bound);

@@ -97,15 +97,25 @@ class Chunking(Strict):
         return self
 
 
+DocumentName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
 class ReprocessRequest(Chunking):
     embedding_model: ModelName | None = None
+    # api.ts reprocessSessionDocuments sends source_files (undefined, so absent, from the session page): the
+    # documents to re-chunk, by name; absent means all of them.
+    source_files: list[DocumentName] | None = Field(default=None, min_length=1, max_length=1000)
 
 
 class ReprocessResponse(BaseModel):
     session_id: str
     success: bool
+    message: str
     chunks_processed: int
     total_chunks: int
+    successful_files: list[str] = Field(description="documents the RAG service re-chunked, by name")
+    failed_files: list[str] = Field(description="documents asked for that the RAG service did not re-chunk")
+    embedding_model: str = Field(description="the embedding model used")
 
 
 class FileResult(BaseModel):

@@ -13,7 +13,15 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_open
+from service.errors import (
+    ApiError,
+    BadGateway,
+    Conflict,
+    GatewayTimeout,
+    ServiceUnavailable,
+    ValidationFailed,
+    session_not_open,
+)
 from service.library import store as library_store
 from service.rag import precedence, questions
 from service.rag import store as rag_store
@@ -309,24 +317,45 @@ class Rag:
     async def reprocess(
         self, principal: Principal, session_id: str, body: ReprocessRequest, authorization: str | None = None
     ) -> dict[str, Any]:
+        """Re-chunk the session's documents (``source_files``: only those). The session's documents are the
+        ones the RAG service reports for it (the file names in its chunk listing): it holds what is re-chunked,
+        whoever stored it; a name outside them is a 422 naming it, and nothing is re-chunked."""
         session = await rag_store.session_for_change(self.db, principal, session_id, open_only=True)
         embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
+        headers = self._forward(authorization)
+        wanted = list(dict.fromkeys(body.source_files)) if body.source_files is not None else None
+        if wanted is not None:
+            listing = await self.chunks(principal, session_id, authorization)
+            known = {c["document_name"] for c in listing["chunks"]}
+            unknown = [name for name in wanted if name not in known]
+            if unknown:
+                raise ValidationFailed(
+                    "source_files names documents the session does not have",
+                    details={"unknown": [n[:200] for n in unknown]},
+                )
+        payload: dict[str, Any] = {
+            "chunk_size": body.chunk_size,
+            "chunk_overlap": body.chunk_overlap,
+            "embedding_model": embedding,
+        }
+        if wanted is not None:
+            payload["source_files"] = wanted
         reply = await self.downstream.call(
-            "rag",
-            "POST",
-            f"/sessions/{session_id}/reprocess",
-            json_body={
-                "chunk_size": body.chunk_size,
-                "chunk_overlap": body.chunk_overlap,
-                "embedding_model": embedding,
-            },
-            headers=self._forward(authorization),
+            "rag", "POST", f"/sessions/{session_id}/reprocess", json_body=payload, headers=headers
         )
         answer = reply.body if isinstance(reply.body, dict) else {}
         chunks = answer.get("chunks_processed")
         if answer.get("success") is not True or not isinstance(chunks, int):
             raise DownstreamBadAnswer("rag service did not confirm the reprocessing", details={"service": "rag"})
+        files = answer.get("files")
+        done = [f for f in files if isinstance(f, str)] if isinstance(files, list) else list(wanted or [])
+        failed = [name for name in wanted or [] if name not in done]
+        total = answer.get("total_chunks")
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            assign = {"total_chunks": total}
+        else:  # an older RAG service: its count is the whole session's only when everything was re-chunked
+            assign = {"total_chunks": chunks} if wanted is None else {}
         counters = await rag_store.record(
             self.db,
             session_id,
@@ -336,15 +365,22 @@ class Rag:
                 "chunk_overlap": body.chunk_overlap,
                 "embedding_model": embedding,
                 "chunks_processed": chunks,
+                "source_files": wanted,
+                "successful_files": done[:1000],
+                "failed_files": failed,
             },
-            assign={"total_chunks": chunks},
+            assign=assign,
             embedding_model=embedding,
         )
         return {
             "session_id": session_id,
             "success": True,
+            "message": f"{len(done)} documents reprocessed, {chunks} chunks",
             "chunks_processed": chunks,
             "total_chunks": counters["total_chunks"],
+            "successful_files": done,
+            "failed_files": failed,
+            "embedding_model": embedding,
         }
 
     async def rag_settings(self, principal: Principal, session_id: str) -> dict[str, Any]:

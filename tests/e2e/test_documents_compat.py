@@ -174,3 +174,79 @@ async def test_chunks_access(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     error_of(await client.get(f"/sessions/{sid}/chunks", headers=auth("student")), 404)
     assert (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).status_code == 200
+
+
+def reprocess_body(embedding_model: str, source_files: list[str] | None = None) -> dict[str, Any]:
+    # api.ts reprocessSessionDocuments(sessionId, embeddingModel, sourceFiles?, chunkSize = 1000, chunkOverlap = 200):
+    # JSON.stringify({embedding_model, source_files: sourceFiles, chunk_size, chunk_overlap}); the session page
+    # calls it with (sessionId, selectedEmbeddingModel), so source_files is undefined and JSON.stringify drops it.
+    body: dict[str, Any] = {"embedding_model": embedding_model, "chunk_size": 1000, "chunk_overlap": 200}
+    if source_files is not None:
+        body["source_files"] = source_files
+    return body
+
+
+def assert_reprocess_answer(body: dict[str, Any]) -> None:
+    # the fields the frontend's return type names: success, message, chunks_processed, successful_files,
+    # failed_files?, embedding_model
+    assert body["success"] is True
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["chunks_processed"], int) and body["chunks_processed"] >= 1
+    assert isinstance(body["successful_files"], list) and all(isinstance(f, str) for f in body["successful_files"])
+    assert isinstance(body["failed_files"], list) and all(isinstance(f, str) for f in body["failed_files"])
+    assert isinstance(body["embedding_model"], str)
+
+
+async def seeded_session(client: httpx.AsyncClient) -> str:
+    sid: str = (await create(client))["session_id"]
+    await library_upload(client, "bio.md", BIO)
+    await library_upload(client, "chem.md", CHEM)
+    r = await post_form(client, add_markdown_form(sid, ["bio.md", "chem.md"]))
+    assert r.status_code == 200, r.text
+    return sid
+
+
+async def test_reprocess_session_documents(client: httpx.AsyncClient) -> None:
+    sid = await seeded_session(client)
+    # the session page's call: every document
+    r = await client.post(
+        f"/api/sessions/{sid}/reprocess", json=reprocess_body("nomic-embed-text"), headers=auth("teacher")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert_reprocess_answer(body)
+    assert body["successful_files"] == ["bio.md", "chem.md"] and body["failed_files"] == []
+    assert body["embedding_model"] == "nomic-embed-text"
+    chunks = (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).json()
+    assert body["total_chunks"] == chunks["total_count"] == body["chunks_processed"]
+    assert {c["chunk_metadata"]["embedding_model"] for c in chunks["chunks"]} == {"nomic-embed-text"}
+    # a subset: only that document changes, the session's total stays right
+    r = await client.post(
+        f"/api/sessions/{sid}/reprocess", json=reprocess_body("e5-small", ["chem.md"]), headers=auth("teacher")
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert_reprocess_answer(body)
+    assert body["successful_files"] == ["chem.md"] and body["failed_files"] == []
+    chunks = (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).json()
+    models = {c["document_name"]: c["chunk_metadata"]["embedding_model"] for c in chunks["chunks"]}
+    assert models == {"bio.md": "nomic-embed-text", "chem.md": "e5-small"}
+    row = await session_row(client, sid)
+    assert row["total_chunks"] == chunks["total_count"] == body["total_chunks"]
+
+
+async def test_reprocess_validation_changes_nothing(client: httpx.AsyncClient) -> None:
+    sid = await seeded_session(client)
+    before = (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).json()
+    url = f"/api/sessions/{sid}/reprocess"
+    unknown = await client.post(url, json=reprocess_body("m", ["bio.md", "nope.md"]), headers=auth("teacher"))
+    assert error_of(unknown, 422)["details"]["unknown"] == ["nope.md"]
+    for bad in ([], [""], ["x" * 256], "bio.md", [1]):
+        r = await client.post(url, json={**reprocess_body("m"), "source_files": bad}, headers=auth("teacher"))
+        error_of(r, 422)
+    error_of(await client.post(url, json=reprocess_body("m", ["bio.md"]), headers=auth("teacher2")), 404)
+    error_of(await client.post(url, json=reprocess_body("m", ["bio.md"]), headers=auth("student")), 403)
+    after = (await client.get(f"/sessions/{sid}/chunks", headers=auth("teacher"))).json()
+    assert after == before
+    row = await session_row(client, sid)
+    assert not [e for e in row["events"] if e["event_type"] == "DOCUMENTS_REPROCESSED"]
