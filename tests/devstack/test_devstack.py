@@ -934,3 +934,19 @@ async def test_chunk_listing_is_bounded(client: httpx.AsyncClient) -> None:
     assert one == {"chunks": whole["chunks"][:1], "total_count": whole["total_count"]}
     for bad in ("0", "10001", "x", "-1"):
         assert (await client.get("/sessions/lim/chunks", params={"limit": bad})).status_code == 422
+
+
+async def test_reprocess_source_files_only_changes_those(client: httpx.AsyncClient) -> None:
+    await store(client, "sub", BIO, filename="a.md")
+    await store(client, "sub", BIO, filename="b.md")
+    response = await client.post("/sessions/sub/reprocess", json={"embedding_model": "e3", "source_files": ["b.md"]})
+    assert response.status_code == 200
+    body = response.json()
+    chunks = (await client.get("/sessions/sub/chunks")).json()["chunks"]
+    models = {c["metadata"]["filename"]: c["metadata"]["embedding_model"] for c in chunks}
+    assert models == {"a.md": "test-embed", "b.md": "e3"}
+    assert body["files"] == ["b.md"] and body["documents"] == 1
+    assert body["chunks_processed"] == len([c for c in chunks if c["metadata"]["filename"] == "b.md"])
+    assert body["total_chunks"] == len(chunks)
+    nothing = (await client.post("/sessions/sub/reprocess", json={"source_files": ["zzz.md"]})).json()
+    assert nothing["files"] == [] and nothing["chunks_processed"] == 0 and nothing["total_chunks"] == len(chunks)
