@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.requests import Request
@@ -13,11 +13,14 @@ from devstack.settings import DevstackSettings
 from devstack.store import Document, Hit, RagStore
 from devstack.web import ApiError, path_id, read_model
 
-Strategy = Literal["fixed", "paragraph", "sentence"]
+# The EBARS client also sends e.g. "semantic" or "lightweight": any bounded name is accepted, and a name this
+# stand-in does not implement chunks like "paragraph" (see devstack/README.md).
+Strategy = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Style = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 NO_CONTEXT = "No relevant context found."
 MAX_SUGGESTIONS = 3
+MAX_CHUNKS_LIMIT = 10_000
 # The old platform's knobs and the EBARS answer-style fields: accepted and recorded (``GET /_control`` ->
 # ``queries``) so tests can see what arrived; only min_score_threshold changes the answer.
 RECORDED_OPTIONS = (
@@ -70,6 +73,7 @@ class ReprocessRequest(BaseModel):
     chunk_overlap: int | None = Field(default=None, ge=0, le=100_000)
     chunk_strategy: Strategy | None = None
     embedding_model: Name | None = None
+    source_files: list[Annotated[str, StringConstraints(max_length=1024)]] | None = Field(default=None, max_length=1000)
 
 
 class QueryRequest(BaseModel):
@@ -162,19 +166,38 @@ class RagApi:
     async def reprocess(self, request: Request) -> Response:
         session_id = path_id(request)
         body = await read_model(request, ReprocessRequest, self.settings.max_body_bytes)
-        documents, chunks = await self.store.reprocess(
+        files, chunks, total = await self.store.reprocess(
             session_id,
+            files=body.source_files,
             chunk_size=body.chunk_size,
             chunk_overlap=body.chunk_overlap,
             strategy=body.chunk_strategy,
             embedding_model=body.embedding_model,
         )
-        return JSONResponse({"success": True, "chunks_processed": chunks, "documents": documents})
+        return JSONResponse(
+            {
+                "success": True,
+                "chunks_processed": chunks,
+                "documents": len(files),
+                "files": files,
+                "total_chunks": total,
+            }
+        )
 
     async def chunks(self, request: Request) -> Response:
+        """The session's chunks in insertion order, at most ``limit`` (1..MAX_CHUNKS_LIMIT, default that bound);
+        ``total_count`` counts them all, so a caller knows when it got only a part."""
         session_id = path_id(request)
+        raw = request.query_params.get("limit", str(MAX_CHUNKS_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHUNKS_LIMIT:
+            raise ApiError(422, f"limit must be an integer in 1..{MAX_CHUNKS_LIMIT}")
         chunks = self.store.session_chunks(session_id)
-        return JSONResponse({"chunks": [{"chunk_text": c.text, "metadata": c.metadata} for c in chunks]})
+        return JSONResponse(
+            {
+                "chunks": [{"chunk_text": c.text, "metadata": c.metadata} for c in chunks[: int(raw)]],
+                "total_count": len(chunks),
+            }
+        )
 
     async def delete_collection(self, request: Request) -> Response:
         deleted = self.store.delete_session(path_id(request))

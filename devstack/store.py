@@ -80,7 +80,11 @@ class Collection:
 
 def build_chunks(doc: Document, limit: int) -> list[Chunk] | None:
     """Chunk one document (pure, thread-safe); ``None`` when it yields more than ``limit`` chunks."""
-    pieces = list(islice(CHUNKERS[doc.strategy](doc.text, doc.chunk_size, doc.chunk_overlap), limit + 1))
+    pieces = list(
+        islice(
+            CHUNKERS.get(doc.strategy, CHUNKERS["paragraph"])(doc.text, doc.chunk_size, doc.chunk_overlap), limit + 1
+        )
+    )
     if len(pieces) > limit:
         return None
     base = {
@@ -152,13 +156,17 @@ class RagStore:
         self.total_chars += len(doc.text)
         return len(chunks)
 
-    async def reprocess(self, session_id: str, **changes: Any) -> tuple[int, int]:
-        """Re-chunk every stored document of a session; returns ``(documents, chunks)``."""
+    async def reprocess(
+        self, session_id: str, *, files: list[str] | None = None, **changes: Any
+    ) -> tuple[list[str], int, int]:
+        """Re-chunk a session's stored documents with ``changes`` (only those named in ``files`` when given; the
+        others keep their parameters); returns ``(names reprocessed, their chunks, the session's chunks)``."""
         docs = self.documents.get(session_id)
         if not docs:
-            return 0, 0
+            return [], 0, 0
         updates = {key: value for key, value in changes.items() if value is not None}
-        new_docs = [replace(doc, **updates) for doc in docs]
+        chosen = [files is None or doc.filename in files for doc in docs]
+        new_docs = [replace(doc, **updates) if pick else doc for doc, pick in zip(docs, chosen, strict=True)]
         for doc in new_docs:
             if doc.chunk_overlap >= doc.chunk_size:
                 raise ApiError(422, "chunk_overlap must be smaller than chunk_size")
@@ -177,7 +185,8 @@ class RagStore:
             self.collections.setdefault(doc.collection, Collection()).add(chunks)
             self.total_chunks += len(chunks)
         self.documents[session_id] = new_docs
-        return len(new_docs), added.total()
+        redone = sum(len(chunks) for chunks, pick in zip(built, chosen, strict=True) if pick)
+        return [doc.filename for doc, pick in zip(new_docs, chosen, strict=True) if pick], redone, added.total()
 
     def session_chunks(self, session_id: str) -> list[Chunk]:
         names = dict.fromkeys(doc.collection for doc in self.documents.get(session_id, ()))

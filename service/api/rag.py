@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from service.rag.models import (
     ReprocessRequest,
     ReprocessResponse,
     ServicesHealth,
+    SessionChunksResponse,
 )
 from service.rag.operations import Rag
 
@@ -51,6 +53,10 @@ async def generate_questions(call: Call[GenerateQuestionsRequest, Any]) -> dict[
 
 async def reprocess(call: Call[ReprocessRequest, Any]) -> dict[str, Any]:
     return await rag(call).reprocess(call.principal, call.path["session_id"], call.body, authorization(call))
+
+
+async def session_chunks(call: Call[Any, Any]) -> dict[str, Any]:
+    return await rag(call).chunks(call.principal, call.path["session_id"], authorization(call))
 
 
 async def get_rag_settings(call: Call[Any, Any]) -> dict[str, Any]:
@@ -82,12 +88,20 @@ async def process_and_store(call: Call[Any, Any]) -> dict[str, Any]:
                 raise ValidationFailed("file parts must be named 'files'")
             if any("\x00" in str(v) for v in fields.values()):
                 raise ValidationFailed("NUL characters are not accepted in form fields")
+            raw_names = fields.pop("markdown_files", None)
             try:
                 parsed = ProcessForm.model_validate(fields)
             except ValidationError as exc:
                 raise ValidationFailed("invalid form fields", details=validation_details(exc)) from None
+            if uploads and raw_names is not None:
+                raise ValidationFailed("send either 'files' or 'markdown_files', not both")
+            if raw_names is not None:
+                names = _library_names(str(raw_names), settings.max_upload_files)
+                return await rag(call).process_documents(
+                    call.principal, parsed, [], authorization(call), library_names=names
+                )
             if not uploads:
-                raise ValidationFailed("send one or more files in the 'files' field")
+                raise ValidationFailed("send one or more files in the 'files' field, or 'markdown_files'")
             files = [await _read_text(upload, settings.max_upload_bytes) for upload in uploads]
     except HTTPException as exc:  # raised by Starlette's multipart parser
         if "Too many files" in str(exc.detail):
@@ -96,6 +110,21 @@ async def process_and_store(call: Call[Any, Any]) -> dict[str, Any]:
             raise PayloadTooLarge(str(exc.detail)) from None
         raise BadRequest(f"malformed multipart body: {exc.detail}") from None
     return await rag(call).process_documents(call.principal, parsed, files, authorization(call))
+
+
+def _library_names(raw: str, limit: int) -> list[str]:
+    """The old client's ``markdown_files``: a JSON list of 1..``limit`` distinct non-empty names."""
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and 0 < len(n) <= 255 for n in names):
+        raise ValidationFailed("markdown_files must be a JSON list of library file names")
+    if len(names) > limit:
+        raise PayloadTooLarge(f"at most {limit} files per request", details={"max_files": limit})
+    if len(set(names)) != len(names):
+        raise ValidationFailed("markdown_files names a file twice")
+    return names
 
 
 async def _read_text(upload: UploadFile, limit: int) -> tuple[str, str, int]:
@@ -160,6 +189,16 @@ ENDPOINTS = [
         body=ReprocessRequest,
         response=ReprocessResponse,
         errors=(409, 502, 503, 504),
+    ),
+    Endpoint(
+        "GET",
+        SID + "/chunks",
+        session_chunks,
+        "The session's chunks, from the RAG service (bounded)",
+        TAG,
+        SEE_SESSION,
+        response=SessionChunksResponse,
+        errors=(502, 503, 504),
     ),
     Endpoint(
         "GET",

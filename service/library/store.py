@@ -87,3 +87,23 @@ async def delete_all(db: Database, principal: Principal) -> int:
         "DELETE FROM library_files WHERE owner_id = ? OR ? RETURNING id", (principal.id, principal.role == "admin")
     )
     return len(rows)
+
+
+async def documents(db: Database, principal: Principal, filenames: list[str]) -> list[tuple[str, str, int]]:
+    """(name, text, bytes) of each named file the caller may see, in the order asked, read in one call; a 404
+    naming every missing one, so a request naming a wrong file processes nothing."""
+
+    def run(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+        found: list[tuple[str, str, int]] = []
+        missing: list[str] = []
+        for name in filenames:
+            row = conn.execute(_PICK, _pick_params(principal, name)).fetchone()
+            if row is None:
+                missing.append(name[:200])
+            else:
+                found.append((name, str(row["content"]), len(str(row["content"]).encode())))
+        if missing:
+            raise NotFound("markdown files not found in your library", details={"missing": missing})
+        return found
+
+    return await db.read_fn(run)

@@ -51,6 +51,23 @@ class RagQueryResponse(BaseModel):
     suggestions: list[str] = Field(description="follow-up questions from the RAG service; empty when it gives none")
 
 
+class SessionChunk(BaseModel):
+    """One chunk as the EBARS frontend's ``Chunk`` type (frontend/lib/api.ts) has it."""
+
+    document_name: str = Field(description="the document's file name (the chunk metadata's filename)")
+    chunk_index: int = Field(description="position within its document, from 0")
+    chunk_text: str
+    chunk_metadata: dict[str, Any] = Field(description="the RAG service's chunk metadata, as given")
+
+
+class SessionChunksResponse(BaseModel):
+    """The old gateway's shape (``SessionChunksResponse`` in api.ts): an object whose ``chunks`` the client reads."""
+
+    session_id: str
+    chunks: list[SessionChunk]
+    total_count: int = Field(description="chunks the RAG service holds; more than len(chunks) when it was cut")
+
+
 class GenerateQuestionsRequest(Strict):
     count: int = Field(default=5, ge=1, le=20)
 
@@ -62,6 +79,9 @@ class GenerateQuestionsResponse(BaseModel):
     model_used: str | None
     context_chunks: int
     context_chars: int
+
+
+ChunkStrategy = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
 class Chunking(Strict):
@@ -77,15 +97,25 @@ class Chunking(Strict):
         return self
 
 
+DocumentName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
 class ReprocessRequest(Chunking):
     embedding_model: ModelName | None = None
+    # api.ts reprocessSessionDocuments sends source_files (undefined, so absent, from the session page): the
+    # documents to re-chunk, by name; absent means all of them.
+    source_files: list[DocumentName] | None = Field(default=None, min_length=1, max_length=1000)
 
 
 class ReprocessResponse(BaseModel):
     session_id: str
     success: bool
+    message: str
     chunks_processed: int
     total_chunks: int
+    successful_files: list[str] = Field(description="documents the RAG service re-chunked, by name")
+    failed_files: list[str] = Field(description="documents asked for that the RAG service did not re-chunk")
+    embedding_model: str = Field(description="the embedding model used")
 
 
 class FileResult(BaseModel):
@@ -98,6 +128,10 @@ class FileResult(BaseModel):
 
 class ProcessResponse(BaseModel):
     session_id: str
+    success: bool = Field(description="true when at least one document was stored (old gateway's field)")
+    message: str
+    processed_count: int = Field(description="documents stored, as ``succeeded`` (old gateway's field)")
+    total_chunks_added: int = Field(description="chunks stored by this request, as ``chunks_processed``")
     files: list[FileResult]
     succeeded: int
     failed: int
@@ -110,14 +144,19 @@ class ProcessForm(Chunking):
     """The multipart fields of a document upload (``files`` are the file parts)."""
 
     session_id: str = Field(min_length=1, max_length=128)
-    chunk_strategy: Literal["fixed", "paragraph", "sentence"] = "fixed"
+    # The RAG service owns chunking (the EBARS client sends "semantic", "lightweight", ...): bounded, forwarded.
+    chunk_strategy: ChunkStrategy = "fixed"
     embedding_model: ModelName | None = None
 
 
 class ProcessUpload(ProcessForm):
-    """The multipart body as documented: the form fields plus one or more text/markdown ``files``."""
+    """The multipart body as documented: the form fields plus either text/markdown ``files`` or
+    ``markdown_files``, a JSON list of names in the caller's markdown library (the old client's form)."""
 
-    files: list[bytes] = Field(min_length=1, json_schema_extra={"items": {"type": "string", "format": "binary"}})
+    files: list[bytes] | None = Field(
+        default=None, min_length=1, json_schema_extra={"items": {"type": "string", "format": "binary"}}
+    )
+    markdown_files: str | None = Field(default=None, description='JSON list of library file names, e.g. ["a.md"]')
 
 
 class RagSettingsPatch(RagSettings):

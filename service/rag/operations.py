@@ -13,7 +13,16 @@ from service.auth import Principal
 from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
-from service.errors import ApiError, BadGateway, Conflict, GatewayTimeout, ServiceUnavailable, session_not_open
+from service.errors import (
+    ApiError,
+    BadGateway,
+    Conflict,
+    GatewayTimeout,
+    ServiceUnavailable,
+    ValidationFailed,
+    session_not_open,
+)
+from service.library import store as library_store
 from service.rag import precedence, questions
 from service.rag import store as rag_store
 from service.rag.models import STYLE_KEYS, GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
@@ -22,6 +31,8 @@ from service.settings import Settings
 
 MAX_SUGGESTIONS = 10
 MAX_SUGGESTION_CHARS = 500
+# One chunk listing is bounded: the RAG service returns at most this many (and the total it holds).
+MAX_LISTED_CHUNKS = 10_000
 
 
 def collection_name(session_id: str) -> str:
@@ -41,6 +52,22 @@ def _source(raw: dict[str, Any]) -> dict[str, Any]:
         "chunk_text": text,
         "score": float(score),
         "metadata": metadata if isinstance(metadata, dict) else None,
+    }
+
+
+def _chunk(raw: dict[str, Any], position: int) -> dict[str, Any]:
+    """A downstream chunk as the frontend's ``Chunk``: name and index from its metadata (the listing position
+    when the RAG service gives no index), its text from ``chunk_text`` (else ``content``/``text``)."""
+    given = raw.get("metadata")
+    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
+    text = next((raw[k] for k in ("chunk_text", "content", "text") if isinstance(raw.get(k), str)), "")
+    name = metadata.get("filename") or metadata.get("source_file")
+    index = metadata.get("chunk_index")
+    return {
+        "document_name": name if isinstance(name, str) else "",
+        "chunk_index": index if isinstance(index, int) and not isinstance(index, bool) else position,
+        "chunk_text": text,
+        "chunk_metadata": metadata,
     }
 
 
@@ -118,6 +145,25 @@ class Rag:
             "suggestions": _suggestions(answer.get("suggestions")),
         }
 
+    async def chunks(self, principal: Principal, session_id: str, authorization: str | None = None) -> dict[str, Any]:
+        """The session's chunks from the RAG service, in the EBARS ``Chunk`` shape; any session you may see,
+        ended ones included (reading chunks changes nothing)."""
+        await rag_store.session_for_read(self.db, principal, session_id)
+        reply = await self.downstream.call(
+            "rag",
+            "GET",
+            f"/sessions/{session_id}/chunks?limit={MAX_LISTED_CHUNKS}",
+            headers=self._forward(authorization),
+        )
+        raw = reply.body.get("chunks") if isinstance(reply.body, dict) else None
+        if not isinstance(raw, list):
+            raise DownstreamBadAnswer("rag service chunks answer is malformed", details={"service": "rag"})
+        chunks = [_chunk(c, i) for i, c in enumerate(raw[:MAX_LISTED_CHUNKS]) if isinstance(c, dict)]
+        total = reply.body.get("total_count")
+        if not isinstance(total, int) or isinstance(total, bool) or total < len(chunks):
+            total = len(chunks)
+        return {"session_id": session_id, "chunks": chunks, "total_count": total}
+
     async def generate_questions(
         self, principal: Principal, session_id: str, body: GenerateQuestionsRequest, authorization: str | None = None
     ) -> dict[str, Any]:
@@ -178,10 +224,15 @@ class Rag:
         form: ProcessForm,
         files: list[tuple[str, str, int]],
         authorization: str | None = None,
+        *,
+        library_names: list[str] | None = None,
     ) -> dict[str, Any]:
-        """``files`` are (filename, text, bytes). Each goes downstream with bounded concurrency; the counters
-        count only what succeeded, in one write after the downstream answers."""
+        """``files`` are (filename, text, bytes), or ``library_names`` name the caller's library files (read after
+        the session check, so a session you may not change is a 404 first). Each goes downstream with bounded
+        concurrency; the counters count only what succeeded, in one write after the downstream answers."""
         session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
+        if library_names is not None:
+            files = await library_store.documents(self.db, principal, library_names)
         embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         gate = asyncio.Semaphore(4)
@@ -251,6 +302,10 @@ class Rag:
         )
         return {
             "session_id": form.session_id,
+            "success": True,
+            "message": f"{len(ok)} of {len(results)} documents processed, {chunks_total} chunks added",
+            "processed_count": len(ok),
+            "total_chunks_added": chunks_total,
             "files": results,
             "succeeded": len(ok),
             "failed": len(results) - len(ok),
@@ -262,24 +317,45 @@ class Rag:
     async def reprocess(
         self, principal: Principal, session_id: str, body: ReprocessRequest, authorization: str | None = None
     ) -> dict[str, Any]:
+        """Re-chunk the session's documents (``source_files``: only those). The session's documents are the
+        ones the RAG service reports for it (the file names in its chunk listing): it holds what is re-chunked,
+        whoever stored it; a name outside them is a 422 naming it, and nothing is re-chunked."""
         session = await rag_store.session_for_change(self.db, principal, session_id, open_only=True)
         embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
+        headers = self._forward(authorization)
+        wanted = list(dict.fromkeys(body.source_files)) if body.source_files is not None else None
+        if wanted is not None:
+            listing = await self.chunks(principal, session_id, authorization)
+            known = {c["document_name"] for c in listing["chunks"]}
+            unknown = [name for name in wanted if name not in known]
+            if unknown:
+                raise ValidationFailed(
+                    "source_files names documents the session does not have",
+                    details={"unknown": [n[:200] for n in unknown]},
+                )
+        payload: dict[str, Any] = {
+            "chunk_size": body.chunk_size,
+            "chunk_overlap": body.chunk_overlap,
+            "embedding_model": embedding,
+        }
+        if wanted is not None:
+            payload["source_files"] = wanted
         reply = await self.downstream.call(
-            "rag",
-            "POST",
-            f"/sessions/{session_id}/reprocess",
-            json_body={
-                "chunk_size": body.chunk_size,
-                "chunk_overlap": body.chunk_overlap,
-                "embedding_model": embedding,
-            },
-            headers=self._forward(authorization),
+            "rag", "POST", f"/sessions/{session_id}/reprocess", json_body=payload, headers=headers
         )
         answer = reply.body if isinstance(reply.body, dict) else {}
         chunks = answer.get("chunks_processed")
         if answer.get("success") is not True or not isinstance(chunks, int):
             raise DownstreamBadAnswer("rag service did not confirm the reprocessing", details={"service": "rag"})
+        files = answer.get("files")
+        done = [f for f in files if isinstance(f, str)] if isinstance(files, list) else list(wanted or [])
+        failed = [name for name in wanted or [] if name not in done]
+        total = answer.get("total_chunks")
+        if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            assign = {"total_chunks": total}
+        else:  # an older RAG service: its count is the whole session's only when everything was re-chunked
+            assign = {"total_chunks": chunks} if wanted is None else {}
         counters = await rag_store.record(
             self.db,
             session_id,
@@ -289,15 +365,22 @@ class Rag:
                 "chunk_overlap": body.chunk_overlap,
                 "embedding_model": embedding,
                 "chunks_processed": chunks,
+                "source_files": wanted,
+                "successful_files": done[:1000],
+                "failed_files": failed,
             },
-            assign={"total_chunks": chunks},
+            assign=assign,
             embedding_model=embedding,
         )
         return {
             "session_id": session_id,
             "success": True,
+            "message": f"{len(done)} documents reprocessed, {chunks} chunks",
             "chunks_processed": chunks,
             "total_chunks": counters["total_chunks"],
+            "successful_files": done,
+            "failed_files": failed,
+            "embedding_model": embedding,
         }
 
     async def rag_settings(self, principal: Principal, session_id: str) -> dict[str, Any]:

@@ -278,7 +278,7 @@ async def test_chunk_strategies_over_http(client: httpx.AsyncClient, strategy: s
 
 
 async def test_unknown_strategy_and_bad_inputs_are_422(client: httpx.AsyncClient) -> None:
-    bad_strategy = await store(client, "s", BIO, chunk_strategy="semantic")
+    bad_strategy = await store(client, "s", BIO, chunk_strategy="semantic chunks!")
     assert bad_strategy.status_code == 422
     assert bad_strategy.json()["detail"][0]["loc"] == ["chunk_strategy"]
     overlap = await store(client, "s", BIO, chunk_size=100, chunk_overlap=100)
@@ -327,7 +327,7 @@ async def test_custom_collection_and_session_isolation(client: httpx.AsyncClient
 
 async def test_chunks_of_unknown_session_is_empty(client: httpx.AsyncClient) -> None:
     response = await client.get("/sessions/unknown/chunks")
-    assert response.status_code == 200 and response.json() == {"chunks": []}
+    assert response.status_code == 200 and response.json() == {"chunks": [], "total_count": 0}
 
 
 async def test_delete_collection(client: httpx.AsyncClient) -> None:
@@ -924,3 +924,29 @@ async def test_live_server_disconnect_and_hang(live: str) -> None:
         slow = await c.get("/health?fault=slow_body")
         assert slow.json() == {"status": "ok"}
         assert (await c.get("/_control")).json()["counts"]["/users/me"] == 1
+
+
+async def test_chunk_listing_is_bounded(client: httpx.AsyncClient) -> None:
+    await store(client, "lim", BIO, chunk_strategy="paragraph", chunk_size=60, chunk_overlap=10)
+    whole = (await client.get("/sessions/lim/chunks")).json()
+    assert whole["total_count"] == len(whole["chunks"]) >= 2
+    one = (await client.get("/sessions/lim/chunks", params={"limit": 1})).json()
+    assert one == {"chunks": whole["chunks"][:1], "total_count": whole["total_count"]}
+    for bad in ("0", "10001", "x", "-1"):
+        assert (await client.get("/sessions/lim/chunks", params={"limit": bad})).status_code == 422
+
+
+async def test_reprocess_source_files_only_changes_those(client: httpx.AsyncClient) -> None:
+    await store(client, "sub", BIO, filename="a.md")
+    await store(client, "sub", BIO, filename="b.md")
+    response = await client.post("/sessions/sub/reprocess", json={"embedding_model": "e3", "source_files": ["b.md"]})
+    assert response.status_code == 200
+    body = response.json()
+    chunks = (await client.get("/sessions/sub/chunks")).json()["chunks"]
+    models = {c["metadata"]["filename"]: c["metadata"]["embedding_model"] for c in chunks}
+    assert models == {"a.md": "test-embed", "b.md": "e3"}
+    assert body["files"] == ["b.md"] and body["documents"] == 1
+    assert body["chunks_processed"] == len([c for c in chunks if c["metadata"]["filename"] == "b.md"])
+    assert body["total_chunks"] == len(chunks)
+    nothing = (await client.post("/sessions/sub/reprocess", json={"source_files": ["zzz.md"]})).json()
+    assert nothing["files"] == [] and nothing["chunks_processed"] == 0 and nothing["total_chunks"] == len(chunks)

@@ -552,7 +552,7 @@ async def test_upload_limits(small: httpx.AsyncClient) -> None:
     assert r.status_code == 415
     r = await upload(small, sid, ok, chunk_size="100", chunk_overlap="100")
     assert r.status_code == 422
-    r = await upload(small, sid, ok, chunk_strategy="semantic")
+    r = await upload(small, sid, ok, chunk_strategy="semantic chunks!")
     assert r.status_code == 422
 
     s = await session(small, sid)

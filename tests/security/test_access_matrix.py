@@ -124,6 +124,7 @@ RULES = [
     Rule("GET", SID + "/events", READ, targets=True),
     Rule("POST", SID + "/end", OPEN_ONLY_CHANGE, {"end_state": 2}, targets=True),
     Rule("GET", SID + "/rag-settings", READ, targets=True),
+    Rule("GET", SID + "/chunks", READ, targets=True, documents=True),
     Rule("PATCH", SID + "/rag-settings", CHANGE, {"top_k": 3}, targets=True),
     Rule("POST", "/rag/query", OPEN_ONLY_READ, {"session_id": "{session_id}", "query": "light"}, targets=True),
     Rule("POST", SID + "/generate-questions", OPEN_ONLY_READ, {"count": 2}, targets=True, documents=True),
