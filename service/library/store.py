@@ -87,3 +87,22 @@ async def delete_all(db: Database, principal: Principal) -> int:
         "DELETE FROM library_files WHERE owner_id = ? OR ? RETURNING id", (principal.id, principal.role == "admin")
     )
     return len(rows)
+
+
+async def resolve(db: Database, principal: Principal, filenames: list[str]) -> list[tuple[int, str]]:
+    """The (id, name) of each named file the caller sees, in order; 404 naming every missing one."""
+
+    def run(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        found: list[tuple[int, str]] = []
+        missing: list[str] = []
+        for name in filenames:
+            row = conn.execute(_PICK, _pick_params(principal, name)).fetchone()
+            if row is None:
+                missing.append(name[:200])
+            else:
+                found.append((int(row["id"]), name))
+        if missing:
+            raise NotFound("markdown files not found in your library", details={"missing": missing})
+        return found
+
+    return await db.read_fn(run)
