@@ -13,7 +13,7 @@ from devstack.settings import DevstackSettings
 from devstack.store import Document, Hit, RagStore
 from devstack.web import ApiError, path_id, read_model
 
-Strategy = Literal["fixed", "paragraph", "sentence"]
+Strategy = Literal["fixed", "paragraph", "sentence", "lightweight"]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Style = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 NO_CONTEXT = "No relevant context found."

@@ -101,9 +101,7 @@ class FakeDownstream:
         self.auth_calls[header] = self.auth_calls.get(header, 0) + 1
         if not header.startswith("Bearer good"):
             return JSONResponse({"detail": "bad token"}, status_code=401)
-        return JSONResponse(
-            {"id": 7, "username": "teacher1", "email": "t@example.org", "role_name": "teacher"}
-        )
+        return JSONResponse({"id": 7, "username": "teacher1", "email": "t@example.org", "role_name": "teacher"})
 
     async def query(self, request: Request) -> JSONResponse:
         payload = await request.json()
@@ -404,9 +402,7 @@ def test_rag_service_down_is_503(db_path: str, downstream: tuple[FakeDownstream,
         assert c.post("/rag/query", json={"session_id": sid, "query": "q"}).status_code == 503
 
 
-def test_list_sessions_offset_pagination_on_seeded_db(
-    tmp_path: Path, downstream: tuple[FakeDownstream, str]
-) -> None:
+def test_list_sessions_offset_pagination_on_seeded_db(tmp_path: Path, downstream: tuple[FakeDownstream, str]) -> None:
     _, url = downstream
     db = str(tmp_path / "seeded.db")
     ids = seed_sessions(db, 500, active_fraction=0.4, seed=7)
@@ -445,9 +441,7 @@ def test_seed_writes_the_legacy_format(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     now = datetime(2026, 1, 1, 12, 0, 0)
     ids = seed_sessions(db, 300, active_fraction=0.5, events_per_session=1, seed=3, now=now)
-    again = seed_sessions(
-        str(tmp_path / "t.db"), 300, active_fraction=0.5, events_per_session=1, seed=3, now=now
-    )
+    again = seed_sessions(str(tmp_path / "t.db"), 300, active_fraction=0.5, events_per_session=1, seed=3, now=now)
     assert ids == again  # deterministic
     with closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row
@@ -496,9 +490,7 @@ def test_python_m_bench_baseline_serves(tmp_path: Path, downstream: tuple[FakeDo
             assert proc.poll() is None, "baseline exited early"
             assert time.monotonic() < deadline, "baseline did not start"
             time.sleep(0.1)
-        created = httpx.post(
-            f"{base}/sessions", json={"name": "cli"}, headers=AUTH, trust_env=False, timeout=10
-        )
+        created = httpx.post(f"{base}/sessions", json={"name": "cli"}, headers=AUTH, trust_env=False, timeout=10)
         assert created.status_code == 201
         assert raw_row(str(db), created.json()["session_id"])["t_start"] == "text"
     finally:

@@ -41,8 +41,9 @@ async def test_upload_query_generate_end(client: httpx.AsyncClient) -> None:
     assert body["succeeded"] == 2 and body["failed"] == 0
     assert body["document_count"] == 2 and body["total_chunks"] == body["chunks_processed"] > 0
 
-    r = await client.post("/rag/query", json={"session_id": sid, "query": "What does chlorophyll absorb?"},
-                          headers=auth("student"))
+    r = await client.post(
+        "/rag/query", json={"session_id": sid, "query": "What does chlorophyll absorb?"}, headers=auth("student")
+    )
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["sources"], answer
@@ -55,8 +56,12 @@ async def test_upload_query_generate_end(client: httpx.AsyncClient) -> None:
 
     r = await client.get(f"/sessions/{sid}?include=events", headers=auth("teacher"))
     session = r.json()
-    assert counters_of(session) == {"document_count": 2, "total_chunks": body["total_chunks"], "query_count": 1,
-                                   "questions_generated": len(questions)}
+    assert counters_of(session) == {
+        "document_count": 2,
+        "total_chunks": body["total_chunks"],
+        "query_count": 1,
+        "questions_generated": len(questions),
+    }
     types = [e["event_type"] for e in session["events"]]
     assert types == ["SESSION_STARTED", "DOCUMENTS_PROCESSED", "RAG_QUERY", "QUESTIONS_GENERATED"]
 

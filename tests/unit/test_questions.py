@@ -179,7 +179,11 @@ def test_parse_properties(text: str, count: int) -> None:
 # -- build_context --------------------------------------------------------------------------------------------
 def test_build_context_joins_in_order_and_skips_empty() -> None:
     chunks: list[dict[str, str | None]] = [
-        {"chunk_text": "alpha"}, {"chunk_text": "  "}, {"chunk_text": None}, {}, {"chunk_text": "beta"}
+        {"chunk_text": "alpha"},
+        {"chunk_text": "  "},
+        {"chunk_text": None},
+        {},
+        {"chunk_text": "beta"},
     ]
     assert build_context(chunks, max_chars=100, max_chunks=10) == ("alpha\n\nbeta", 2)
 
