@@ -59,7 +59,7 @@ async def test_killed_runner_resumes_on_restart_without_reingesting(tmp_path: Pa
             job_id = r.json()["job_id"]
 
             async def some_done() -> bool:
-                return (await job_of(client, job_id))["processed_successfully"] >= 2
+                return int((await job_of(client, job_id))["processed_successfully"]) >= 2
 
             await eventually(some_done, 20, "two files ingested before the kill")
         await gw.kill()
