@@ -28,6 +28,10 @@ log = logging.getLogger("service.jobs")
 TERMINAL = ("completed", "completed_with_errors", "failed")
 
 
+class LeaseLost(Exception):
+    """This process no longer holds the job's lease (it lapsed and another process claimed the job)."""
+
+
 def job_not_found(job_id: str) -> NotFound:
     return NotFound("job not found", details={"job_id": job_id[:64]})
 
@@ -179,6 +183,8 @@ class JobRunner:
             await self._work(job_id)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            log.warning("ingestion job %s: lease lost, left to the process that holds it", job_id)
         except Exception:
             log.exception("ingestion job %s failed", job_id)
         finally:
@@ -206,25 +212,30 @@ class JobRunner:
             if not texts:
                 await self._progress(job_id, error={"filename": name, "error": "the library file was deleted"})
                 continue
+
+            def done_file(conn: sqlite3.Connection, results: list[dict[str, Any]], name: str = name) -> None:
+                # in the same write as the session's counters: a crash cannot count a file the job would redo
+                chunks = int(results[0]["chunks_processed"])
+                result = {"filename": name, "chunks_processed": chunks, "success": True}
+                self._progress_sql(conn, job_id, result=result, chunks=chunks)
+
             try:
-                out = await self.rag.process_documents(
-                    principal, form, [(name, texts[0]["content"], texts[0]["size_bytes"])]
+                await self.rag.process_documents(
+                    principal, form, [(name, texts[0]["content"], texts[0]["size_bytes"])], also=done_file
                 )
+            except LeaseLost:
+                return  # another process took the job over; it redoes this file
             except ApiError as exc:
                 message = exc.message
                 files_out = exc.details.get("files") if isinstance(exc.details, dict) else None
                 if isinstance(files_out, list) and files_out and isinstance(files_out[0].get("error"), dict):
                     message = f"{message}: {files_out[0]['error'].get('message')}"
                 await self._progress(job_id, error={"filename": name, "error": message})
-                continue
-            chunks = int(out["chunks_processed"])
-            await self._progress(
-                job_id, result={"filename": name, "chunks_processed": chunks, "success": True}, chunks=chunks
-            )
         await self._finish(job_id)
 
-    async def _progress(
+    def _progress_sql(
         self,
+        conn: sqlite3.Connection,
         job_id: str,
         *,
         current_file: str | None = None,
@@ -232,8 +243,9 @@ class JobRunner:
         error: dict[str, Any] | None = None,
         chunks: int = 0,
     ) -> None:
-        """One fenced write: this process still holds the lease, or the job is someone else's now."""
-        await self.db.write_sql(
+        """One fenced update: raises ``LeaseLost`` (rolling back the caller's write) unless this process still
+        holds the job's lease."""
+        cur = conn.execute(
             "UPDATE ingestion_jobs SET current_file = coalesce(?, current_file), "
             "results = CASE WHEN ? IS NULL THEN results ELSE json_insert(results, '$[#]', json(?)) END, "
             "errors = CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END, "
@@ -251,6 +263,11 @@ class JobRunner:
                 self.owner,
             ),
         )
+        if cur.rowcount != 1:
+            raise LeaseLost(job_id)
+
+    async def _progress(self, job_id: str, **changes: Any) -> None:
+        await self.db.write(lambda conn: self._progress_sql(conn, job_id, **changes))
 
     async def _finish(self, job_id: str) -> None:
         await self.db.write_sql(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,9 +179,12 @@ class Rag:
         form: ProcessForm,
         files: list[tuple[str, str, int]],
         authorization: str | None = None,
+        *,
+        also: Callable[[sqlite3.Connection, list[dict[str, Any]]], None] | None = None,
     ) -> dict[str, Any]:
         """``files`` are (filename, text, bytes). Each goes downstream with bounded concurrency; the counters
-        count only what succeeded, in one write after the downstream answers."""
+        count only what succeeded, in one write after the downstream answers. ``also`` runs in that write with
+        the per-file results (an ingestion job records its progress there, so a crash cannot split them)."""
         session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
         embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
@@ -248,6 +252,7 @@ class Rag:
             },
             add={"document_count": len(ok), "total_chunks": chunks_total},
             embedding_model=embedding,
+            also=None if also is None else (lambda conn: also(conn, results)),
         )
         return {
             "session_id": form.session_id,
