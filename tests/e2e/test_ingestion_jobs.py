@@ -205,3 +205,43 @@ async def test_two_apps_on_one_database_run_each_job_once(make_app_gateway: AppG
         # each job ran exactly once: two documents per job, no more
         assert counters["document_count"] == 12
         assert counters["total_chunks"] == sum(j["total_chunks"] for j in jobs)
+
+
+@pytest.mark.usefixtures("reset_devstack")
+async def test_shutdown_leaves_the_job_resumable(make_app_gateway: AppGatewayFactory, devstack: ServerThread) -> None:
+    """Stopping the app mid-job gives the job back (queued, no lease); the next app on the file finishes it."""
+    names = [f"slow{i}.md" for i in range(4)]
+    first = await make_app_gateway(ingestion_poll_interval_s=0.05)
+    async with first.client(timeout=30) as client, httpx.AsyncClient(base_url=devstack.url) as control:
+        for name in names:
+            await upload(client, name, DOCS["bio.md"])
+        sid = await new_session(client)
+        r = await control.post("/_control", json={"latency_ms": 300, "fault_paths": ["/process-and-store"]})
+        assert r.status_code == 200
+        job_id = (await start(client, sid, names)).json()["job_id"]
+        for _ in range(400):  # until one file is done (at most 20 s)
+            if (await poll_once(client, job_id))["processed_successfully"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no file was ingested")
+    await first.stop()
+    [(status, lease, done)] = await sql(
+        db_path(first),
+        "SELECT status, lease_owner, json_array_length(results) FROM ingestion_jobs WHERE job_id = ?",
+        job_id,
+    )
+    assert status == "queued" and lease is None and 1 <= done < len(names)
+    second = await make_app_gateway(ingestion_poll_interval_s=0.05)
+    async with second.client(timeout=30) as client:
+        job = await poll(client, job_id)
+        assert job["status"] == "completed" and [r["filename"] for r in job["results"]] == names
+        counters = counters_of((await client.get(f"/api/sessions/{sid}", headers=auth("teacher"))).json())
+        assert counters["document_count"] == len(names) and counters["total_chunks"] == job["total_chunks"]
+
+
+async def poll_once(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    r = await client.get(f"/api/documents/process-and-store-batch/status/{job_id}", headers=auth("teacher"))
+    assert r.status_code == 200, r.text
+    job: dict[str, Any] = r.json()["job"]
+    return job
