@@ -160,6 +160,7 @@ CREATE TABLE ingestion_jobs (
     total_chunks INTEGER NOT NULL DEFAULT 0 CHECK (total_chunks >= 0),
     lease_owner  TEXT,
     lease_until  INTEGER,
+    attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     created_at   INTEGER NOT NULL,
     started_at   INTEGER,
     completed_at INTEGER

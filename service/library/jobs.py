@@ -26,6 +26,9 @@ from service.timeutil import iso, now_ms
 log = logging.getLogger("service.jobs")
 
 TERMINAL = ("completed", "completed_with_errors", "failed")
+# A job whose process died this many times while running it (say, a file that crashes it) fails instead of
+# being claimed again; a clean shutdown gives a job back without counting.
+MAX_ATTEMPTS = 5
 
 
 class LeaseLost(Exception):
@@ -109,13 +112,11 @@ class JobRunner:
         self._loop_task = asyncio.create_task(self._loop(), name="ingestion-jobs")
 
     async def stop(self) -> None:
-        """Cancel the loop and every job task; their leases lapse, so the next start resumes them."""
+        """Cancel the loop and every job task, then give their jobs back (queued): the next start resumes them."""
         tasks = [t for t in (self._loop_task, *self._running) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._running:
-            self._running.clear()
         # give the jobs back at once instead of waiting for the lease to lapse
         with contextlib.suppress(Exception):
             await self.db.write_sql(
@@ -150,6 +151,17 @@ class JobRunner:
 
         def run(conn: sqlite3.Connection) -> list[str]:
             now = now_ms()
+            conn.execute(
+                "UPDATE ingestion_jobs SET status = 'failed', completed_at = ?, current_file = NULL, "
+                "lease_owner = NULL, lease_until = NULL, errors = json_insert(errors, '$[#]', json(?)) "
+                "WHERE status = 'running' AND lease_until < ? AND attempts >= ?",
+                (
+                    now,
+                    json.dumps({"filename": "", "error": "the process running it died too many times"}),
+                    now,
+                    MAX_ATTEMPTS,
+                ),
+            )
             rows = conn.execute(
                 "SELECT job_id FROM ingestion_jobs WHERE status = 'queued' "
                 "OR (status = 'running' AND lease_until < ?) ORDER BY created_at LIMIT ?",
@@ -159,7 +171,7 @@ class JobRunner:
             for row in rows:
                 cur = conn.execute(
                     "UPDATE ingestion_jobs SET status = 'running', lease_owner = ?, lease_until = ?, "
-                    "started_at = coalesce(started_at, ?) "
+                    "started_at = coalesce(started_at, ?), attempts = attempts + (status = 'running') "
                     "WHERE job_id = ? AND (status = 'queued' OR (status = 'running' AND lease_until < ?))",
                     (self.owner, now + self.lease_ms, now, row["job_id"], now),
                 )
@@ -185,8 +197,10 @@ class JobRunner:
             raise
         except LeaseLost:
             log.warning("ingestion job %s: lease lost, left to the process that holds it", job_id)
-        except Exception:
+        except Exception as exc:
             log.exception("ingestion job %s failed", job_id)
+            with contextlib.suppress(Exception):  # failed with its reason, never left running
+                await self._fail(job_id, f"internal error: {type(exc).__name__}")
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,6 +282,14 @@ class JobRunner:
 
     async def _progress(self, job_id: str, **changes: Any) -> None:
         await self.db.write(lambda conn: self._progress_sql(conn, job_id, **changes))
+
+    async def _fail(self, job_id: str, reason: str) -> None:
+        await self.db.write_sql(
+            "UPDATE ingestion_jobs SET status = 'failed', current_file = NULL, completed_at = ?, "
+            "errors = json_insert(errors, '$[#]', json(?)), lease_owner = NULL, lease_until = NULL "
+            "WHERE job_id = ? AND lease_owner = ? AND status = 'running'",
+            (now_ms(), json.dumps({"filename": "", "error": reason}), job_id, self.owner),
+        )
 
     async def _finish(self, job_id: str) -> None:
         await self.db.write_sql(

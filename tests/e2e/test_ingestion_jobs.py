@@ -21,6 +21,7 @@ from sessions_kit import db_path, error_of, sql
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
 from service.db import migrations
+from service.library import jobs
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 from support.session_view import counters_of
@@ -245,3 +246,33 @@ async def poll_once(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     job: dict[str, Any] = r.json()["job"]
     return job
+
+
+async def test_a_job_abandoned_too_often_fails_with_a_reason(make_app_gateway: AppGatewayFactory) -> None:
+    """A job whose processes keep dying on it (lease lapsed, ``MAX_ATTEMPTS`` takeovers) fails, never loops."""
+    first = await make_app_gateway()
+    async with first.client(timeout=30) as client:
+        await upload(client, "bio.md", DOCS["bio.md"])
+        sid = await new_session(client)
+    await first.stop()  # no runner while the row is set up
+    path = db_path(first)
+    [(file_id,)] = await sql(path, "SELECT id FROM library_files")
+    await sql(
+        path,
+        "INSERT INTO ingestion_jobs (job_id, owner_id, owner_role, session_id, status, params, files, lease_owner, "
+        "lease_until, attempts, created_at, started_at) VALUES ('dying', 'teacher-1', 'teacher', ?, 'running', ?, ?, "
+        "'gone', 1, ?, 1, 1)",
+        sid,
+        json.dumps({"process": {"chunk_size": 1000, "chunk_overlap": 100}, "extra": {}}),
+        json.dumps([{"id": file_id, "filename": "bio.md"}]),
+        jobs.MAX_ATTEMPTS,
+    )
+    [(owner,)] = await sql(path, "SELECT user_id FROM sessions WHERE session_id = ?", sid)
+    await sql(path, "UPDATE ingestion_jobs SET owner_id = ? WHERE job_id = 'dying'", owner)
+    second = await make_app_gateway(ingestion_poll_interval_s=0.05)
+    async with second.client(timeout=30) as client:
+        job = await poll(client, "dying")
+        assert job["status"] == "failed" and job["processed_successfully"] == 0
+        assert job["errors"] == [{"filename": "", "error": "the process running it died too many times"}]
+        counters = counters_of((await client.get(f"/api/sessions/{sid}", headers=auth("teacher"))).json())
+        assert counters["document_count"] == 0
