@@ -34,18 +34,17 @@ BIG = "# Long\n\n" + "A sentence about cells and their parts. " * 20 + "\n"  # o
 
 
 def frontend_batch(session_id: str, names: list[str], **overrides: str) -> dict[str, Any]:
-    # api.ts addMarkdownDocumentsToSession(sessionId, markdownFiles, chunkStrategy, chunkSize, chunkOverlap,
-    # embeddingModel, useLlmPostProcessing, llmModelName): a FormData with exactly these fields, the file names as
-    # JSON.stringify(markdownFiles) and the booleans/numbers as their String() forms.
+    # api.ts addMarkdownDocumentsToSession(sessionId, filenames, embeddingModel): a FormData with exactly these
+    # fields (the names as JSON.stringify(filenames), numbers as strings), POSTed to
+    # `${getApiUrl()}/documents/process-and-store-batch`. The old gateway's further form fields
+    # (use_llm_post_processing, llm_model_name) are optional; tests add them through ``overrides``.
     fields = {
         "session_id": session_id,
         "markdown_files": json.dumps(names),
         "chunk_strategy": "lightweight",
-        "chunk_size": "1000",
+        "chunk_size": "800",
         "chunk_overlap": "100",
         "embedding_model": "nomic-embed-text",
-        "use_llm_post_processing": "false",
-        "llm_model_name": "llama-3.1-8b-instant",
         **overrides,
     }
     # sent as multipart/form-data, as a browser sends a FormData (plain fields, no file parts)
@@ -74,10 +73,13 @@ async def start(client: httpx.AsyncClient, sid: str, names: list[str], role: str
 
 
 async def poll(client: httpx.AsyncClient, job_id: str, role: str = "teacher", timeout_s: float = 20) -> dict[str, Any]:
-    """As the frontend's status polling does: until the status is no longer queued or running."""
+    """As the frontend's polling (getBatchProcessingStatus and the session page's pollStatus) does: the status
+    route with ``?session_id=`` (ignored here: a job is found by its id), until no longer queued or running."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        r = await client.get(f"/api/documents/process-and-store-batch/status/{job_id}", headers=auth(role))
+        r = await client.get(
+            f"/api/documents/process-and-store-batch/status/{job_id}", headers=auth(role), params={"session_id": "x"}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["success"] is True

@@ -39,7 +39,7 @@ async def test_killed_runner_resumes_on_restart_without_reingesting(tmp_path: Pa
                 assert r.status_code == 200, r.text
             r = await client.post("/api/sessions", headers=TEACHER, json={"name": "crash", "category": "bio"})
             sid = r.json()["session_id"]
-            # the frontend's addMarkdownDocumentsToSession FormData (see tests/e2e/test_ingestion_jobs.py)
+            # the FormData of api.ts addMarkdownDocumentsToSession, plus the old gateway's optional LLM fields
             fields = {
                 "session_id": sid,
                 "markdown_files": json.dumps(FILES),
