@@ -104,4 +104,5 @@ CHUNKERS: dict[str, Chunker] = {
     "fixed": chunk_fixed,
     "paragraph": chunk_paragraph,
     "sentence": chunk_sentence,
+    "lightweight": chunk_paragraph,  # what the EBARS frontend's library ingestion sends
 }

@@ -22,6 +22,7 @@ from service.auth import Authenticator
 from service.db import Database
 from service.downstream import Downstream
 from service.errors import ApiError, error_response
+from service.library.jobs import JobRunner
 from service.metrics import Metrics, lag_probe
 from service.middleware import (
     AccessLogMiddleware,
@@ -32,6 +33,7 @@ from service.middleware import (
     RequestIdMiddleware,
     ShutdownMiddleware,
 )
+from service.rag.operations import Rag
 from service.settings import Settings, load_settings
 from service.state import AppContext
 
@@ -105,7 +107,16 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             opened.push_async_callback(client.aclose)
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
             await opened.enter_async_context(lag_probe(metrics, settings.loop_lag_interval_s))
-            yield {"ctx": AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics)}
+            runner = JobRunner(
+                Rag(settings, db, client),
+                poll_s=settings.ingestion_poll_interval_s,
+                lease_s=settings.ingestion_lease_s,
+                concurrency=settings.ingestion_concurrency,
+            )
+            runner.start()  # stopped before the client and database close (the stack unwinds in reverse)
+            opened.push_async_callback(runner.stop)
+            ctx = AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics, jobs=runner)
+            yield {"ctx": ctx}
         log.info("shutdown complete: http client closed, database checkpointed and closed")
 
     async def openapi_json(request: Request) -> Response:

@@ -165,6 +165,9 @@ class LimitSettings(_Group):
     max_upload_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 10_485_760
     max_upload_files: Annotated[int, Field(ge=1, le=1000)] = 20
     library_max_files: Annotated[int, Field(ge=1, le=1_000_000)] = 1000  # markdown library files per owner
+    ingestion_poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0  # runner's look for queued jobs
+    ingestion_lease_s: Annotated[float, Field(ge=1, le=3600)] = 30.0  # a claimed job's lease, renewed while working
+    ingestion_concurrency: Annotated[int, Field(ge=1, le=64)] = 2  # jobs one process runs at once
     max_metadata_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 65_536
     max_event_data_bytes: Annotated[int, Field(ge=1, le=_GIB)] = 16_384
     max_page_size: Annotated[int, Field(ge=1, le=PAGE_SIZE_LIMIT)] = 500  # what the listings' models accept

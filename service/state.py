@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from service.auth import Authenticator
 from service.db import Database
 from service.downstream import Downstream
 from service.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.library.jobs import JobRunner
 
 
 @dataclass(slots=True)
@@ -18,3 +22,4 @@ class AppContext:
     downstream: Downstream
     auth: Authenticator
     metrics: Metrics
+    jobs: JobRunner | None = None  # the lifespan's ingestion job runner

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from service.api.endpoint import STAFF, Call, Endpoint
+from service.api.endpoint import OWN_SESSION, STAFF, Call, Endpoint, validation_details
 from service.api.text_files import decode_text
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from service.library import store
+from service.library import jobs, store
 from service.library.models import (
+    BatchForm,
+    BatchStarted,
     DeleteAllQuery,
+    JobStatus,
     MarkdownContent,
     MarkdownDeleted,
     MarkdownDeletedAll,
@@ -21,6 +26,7 @@ from service.library.models import (
     UploadMarkdown,
     clean_filename,
 )
+from service.rag import store as rag_store
 
 UPLOAD_PATH = "/documents/upload-markdown"
 _TEXT_TYPES = frozenset({"text/markdown", "text/x-markdown", "text/plain", "text/md", "application/octet-stream", ""})
@@ -75,6 +81,59 @@ async def delete_all_markdown(call: Call[DeleteAllQuery, DeleteAllQuery]) -> dic
     return {"deleted": True, "count": await store.delete_all(call.ctx.db, call.principal)}
 
 
+async def process_and_store_batch(call: Call[Any, Any]) -> dict[str, Any]:
+    """Validate everything (session, names, bounds), queue the job and answer at once; the runner ingests."""
+    settings = call.ctx.settings
+    request = call.request
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType("send the form as multipart/form-data")
+    try:
+        async with request.form(max_files=0, max_fields=20, max_part_size=65_536) as form:
+            items = form.multi_items()
+            if any(isinstance(v, UploadFile) for _, v in items):
+                raise ValidationFailed("send library file names in 'markdown_files', not files")
+            fields = {k: str(v) for k, v in items}
+    except HTTPException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from None
+    if any("\x00" in v for v in fields.values()):
+        raise ValidationFailed("NUL characters are not accepted in form fields")
+    try:
+        parsed = BatchForm.model_validate(fields)
+    except ValidationError as exc:
+        raise ValidationFailed("invalid form fields", details=validation_details(exc)) from None
+    # the session first: someone else's (or a missing) session is a 404 whatever else is wrong
+    await rag_store.session_for_change(call.ctx.db, call.principal, parsed.session_id, open_only=True)
+    try:
+        names = json.loads(parsed.markdown_files)
+    except ValueError:
+        raise ValidationFailed("markdown_files must be a JSON list of file names") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValidationFailed("markdown_files must be a non-empty JSON list of file names")
+    if len(names) > settings.max_upload_files:
+        raise ValidationFailed(
+            f"at most {settings.max_upload_files} files per job", details={"max_files": settings.max_upload_files}
+        )
+    if len(set(names)) != len(names):
+        raise ValidationFailed("markdown_files names a file more than once")
+    files = await store.resolve(call.ctx.db, call.principal, names)
+    params = parsed.model_dump(include={"chunk_size", "chunk_overlap", "chunk_strategy", "embedding_model"})
+    params_extra = parsed.model_dump(include={"use_llm_post_processing", "llm_model_name"})
+    job_id = await jobs.create(call.ctx.db, call.principal, parsed.session_id, files, params, params_extra)
+    runner = call.ctx.jobs
+    if runner is not None:
+        runner.wake.set()
+    return {
+        "success": True,
+        "job_id": job_id,
+        "total_files": len(files),
+        "message": f"{len(files)} files queued for processing",
+    }
+
+
+async def batch_status(call: Call[Any, Any]) -> dict[str, Any]:
+    return {"success": True, "job": await jobs.status(call.ctx.db, call.principal, call.path["job_id"])}
+
+
 TAG = "library"
 ENDPOINTS = [
     Endpoint(
@@ -122,5 +181,27 @@ ENDPOINTS = [
         query=DeleteAllQuery,
         response=MarkdownDeletedAll,
         errors=(422,),
+    ),
+    Endpoint(
+        "POST",
+        "/documents/process-and-store-batch",
+        process_and_store_batch,
+        "Queue a durable job ingesting library files into a session",
+        TAG,
+        OWN_SESSION,
+        body=BatchForm,
+        response=BatchStarted,
+        multipart=True,
+        errors=(409, 413, 415, 422),
+    ),
+    Endpoint(
+        "GET",
+        "/documents/process-and-store-batch/status/{job_id}",
+        batch_status,
+        "An ingestion job's progress (its creator and admins)",
+        TAG,
+        STAFF,
+        response=JobStatus,
+        errors=(404,),
     ),
 ]

@@ -140,3 +140,35 @@ CREATE TABLE library_files (
 # Schema step "library": the table; its UNIQUE index serves an owner's listing and lookups by name, this one an
 # admin's lookup of a name across owners.
 LIBRARY_V1 = (LIBRARY_FILES_DDL, "CREATE INDEX idx_library_filename ON library_files (filename, id)")
+
+# Durable ingestion jobs (SPEC "Library and jobs"): a job and its per-file progress live in the database, so a
+# restart resumes it and a lease (``lease_owner``/``lease_until``, claimed in one write) makes it run exactly once
+# however many processes share the file. ``files``: the library file ids and names chosen at creation;
+# ``results``/``errors``: JSON arrays grown as each file finishes (a resumed job skips those).
+INGESTION_JOBS_DDL = """
+CREATE TABLE ingestion_jobs (
+    job_id       TEXT PRIMARY KEY CHECK (length(job_id) BETWEEN 1 AND 64),
+    owner_id     TEXT NOT NULL CHECK (length(owner_id) BETWEEN 1 AND 128),
+    owner_role   TEXT NOT NULL CHECK (owner_role IN ('admin', 'teacher')),
+    session_id   TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'completed_with_errors', 'failed')),
+    params       TEXT NOT NULL CHECK (json_valid(params)),
+    files        TEXT NOT NULL CHECK (json_valid(files) AND json_type(files) = 'array'),
+    results      TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(results) AND json_type(results) = 'array'),
+    errors       TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(errors) AND json_type(errors) = 'array'),
+    current_file TEXT,
+    total_chunks INTEGER NOT NULL DEFAULT 0 CHECK (total_chunks >= 0),
+    lease_owner  TEXT,
+    lease_until  INTEGER,
+    attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    created_at   INTEGER NOT NULL,
+    started_at   INTEGER,
+    completed_at INTEGER
+)
+"""
+
+# Schema step "ingestion jobs": the table; the index serves the runner's search for claimable jobs.
+INGESTION_JOBS_V1 = (
+    INGESTION_JOBS_DDL,
+    "CREATE INDEX idx_ingestion_jobs_claim ON ingestion_jobs (status, lease_until, created_at)",
+)

@@ -75,7 +75,13 @@ def _library(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: list[Step] = [_v1, _v2, _library]
+def _ingestion_jobs(conn: sqlite3.Connection) -> None:
+    """The durable ingestion jobs' table (its own step, ordered after the library it reads from)."""
+    for statement in ddl.INGESTION_JOBS_V1:
+        conn.execute(statement)
+
+
+MIGRATIONS: list[Step] = [_v1, _v2, _library, _ingestion_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

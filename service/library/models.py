@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from service.errors import UnsupportedMediaType, ValidationFailed
+from service.rag.models import Chunking
+from service.sessions.models import ModelName
 
 SUFFIX = ".md"
 MAX_NAME_CHARS = 200  # as the table's CHECK; room left for a "_N" collision suffix within it
@@ -78,3 +81,56 @@ class MarkdownDeleted(BaseModel):
 class MarkdownDeletedAll(BaseModel):
     deleted: bool
     count: int
+
+
+class BatchForm(Chunking):
+    """The multipart fields of ``process-and-store-batch`` (the frontend's ``addMarkdownDocumentsToSession``).
+
+    ``chunk_strategy`` is forwarded as sent (the RAG service owns chunking; the frontend sends "lightweight");
+    the LLM post-processing fields are accepted and recorded with the job."""
+
+    session_id: str = Field(min_length=1, max_length=128)
+    markdown_files: str = Field(min_length=1, max_length=65_536, description="a JSON list of library file names")
+    chunk_strategy: str = Field(default="lightweight", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    embedding_model: ModelName | None = None
+    use_llm_post_processing: bool = False
+    llm_model_name: ModelName | None = None
+
+
+class BatchStarted(BaseModel):
+    success: bool
+    job_id: str
+    total_files: int
+    message: str
+
+
+class JobFileResult(BaseModel):
+    filename: str
+    chunks_processed: int
+    success: bool
+
+
+class JobFileError(BaseModel):
+    filename: str
+    error: str
+
+
+class Job(BaseModel):
+    job_id: str
+    session_id: str
+    status: Literal["queued", "running", "completed", "completed_with_errors", "failed"]
+    created_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    total_files: int
+    processed_successfully: int
+    errors_count: int
+    current_file: str | None
+    total_chunks: int
+    results: list[JobFileResult]
+    errors: list[JobFileError]
+
+
+class JobStatus(BaseModel):
+    success: bool
+    job: Job

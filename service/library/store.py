@@ -89,21 +89,38 @@ async def delete_all(db: Database, principal: Principal) -> int:
     return len(rows)
 
 
+def _pick_all(conn: sqlite3.Connection, principal: Principal, filenames: list[str]) -> list[sqlite3.Row]:
+    """The row of each named file the caller may see, in the order asked; a 404 naming every missing one."""
+    found: list[sqlite3.Row] = []
+    missing: list[str] = []
+    for name in filenames:
+        row = conn.execute(_PICK, _pick_params(principal, name)).fetchone()
+        if row is None:
+            missing.append(name[:200])
+        else:
+            found.append(row)
+    if missing:
+        raise NotFound("markdown files not found in your library", details={"missing": missing})
+    return found
+
+
 async def documents(db: Database, principal: Principal, filenames: list[str]) -> list[tuple[str, str, int]]:
-    """(name, text, bytes) of each named file the caller may see, in the order asked, read in one call; a 404
-    naming every missing one, so a request naming a wrong file processes nothing."""
+    """(name, text, bytes) of each named file, read in one call, so a request naming a wrong file processes
+    nothing."""
 
     def run(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-        found: list[tuple[str, str, int]] = []
-        missing: list[str] = []
-        for name in filenames:
-            row = conn.execute(_PICK, _pick_params(principal, name)).fetchone()
-            if row is None:
-                missing.append(name[:200])
-            else:
-                found.append((name, str(row["content"]), len(str(row["content"]).encode())))
-        if missing:
-            raise NotFound("markdown files not found in your library", details={"missing": missing})
-        return found
+        rows = _pick_all(conn, principal, filenames)
+        texts = [(name, str(row["content"])) for name, row in zip(filenames, rows, strict=True)]
+        return [(name, text, len(text.encode())) for name, text in texts]
+
+    return await db.read_fn(run)
+
+
+async def resolve(db: Database, principal: Principal, filenames: list[str]) -> list[tuple[int, str]]:
+    """The (id, name) of each named file (an ingestion job keeps ids, and reads each file when it gets to it)."""
+
+    def run(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+        rows = _pick_all(conn, principal, filenames)
+        return [(int(row["id"]), name) for name, row in zip(filenames, rows, strict=True)]
 
     return await db.read_fn(run)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,10 +227,13 @@ class Rag:
         authorization: str | None = None,
         *,
         library_names: list[str] | None = None,
+        also: Callable[[sqlite3.Connection, list[dict[str, Any]]], None] | None = None,
     ) -> dict[str, Any]:
         """``files`` are (filename, text, bytes), or ``library_names`` name the caller's library files (read after
         the session check, so a session you may not change is a 404 first). Each goes downstream with bounded
-        concurrency; the counters count only what succeeded, in one write after the downstream answers."""
+        concurrency; the counters count only what succeeded, in one write after the downstream answers. ``also``
+        runs in that write with the per-file results (an ingestion job records its progress there, so a crash
+        cannot split them)."""
         session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
         if library_names is not None:
             files = await library_store.documents(self.db, principal, library_names)
@@ -299,6 +303,7 @@ class Rag:
             },
             add={"document_count": len(ok), "total_chunks": chunks_total},
             embedding_model=embedding,
+            also=None if also is None else (lambda conn: also(conn, results)),
         )
         return {
             "session_id": form.session_id,

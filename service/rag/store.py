@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from service.auth import Principal
@@ -101,11 +102,15 @@ async def record(
     add: dict[str, int] | None = None,
     assign: dict[str, int] | None = None,
     embedding_model: str | None = None,
+    also: Callable[[sqlite3.Connection], None] | None = None,
 ) -> dict[str, int]:
     """The action's event and its counter changes (and ``embedding_model``, see ``update_counters``), in one
-    transaction (one hop). Returns the counters."""
+    transaction (one hop). Returns the counters. ``also`` runs first in the same transaction (an ingestion job's
+    progress, so counters and progress commit together); raising there writes nothing."""
 
     def run(conn: sqlite3.Connection) -> dict[str, int]:
+        if also is not None:
+            also(conn)
         ts = now_ms()
         row = update_counters(conn, session_id, ts, add=add or {}, assign=assign or {}, embedding_model=embedding_model)
         if row is None:

@@ -258,6 +258,17 @@ async def test_extra_document_metadata_is_kept(client: httpx.AsyncClient) -> Non
                 "from amino acids.",
             ],
         ),
+        (  # what the EBARS frontend's library ingestion sends: chunked like "paragraph"
+            "lightweight",
+            [
+                "Photosynthesis is the process by which green plants turn sun",
+                "s turn sunlight into chemical energy.",
+                "The mitochondria is the powerhouse of the cell. Cells need e",
+                "lls need energy to divide.",
+                "DNA stores genetic information. Proteins are built from amin",
+                "from amino acids.",
+            ],
+        ),
         (
             "sentence",
             [

@@ -86,6 +86,7 @@ class Rule:
     upload: bool = False
     documents: bool = False  # the active sessions need a processed document (questions, reprocess)
     markdown: bool = False  # a library upload (multipart ``file``)
+    batch: bool = False  # an ingestion job of one library file the caller uploads first
 
 
 STAFF_ONLY = {"admin": 200, "teacher": 200, "teacher2": 200, "student": 403}
@@ -143,6 +144,13 @@ RULES = [
     Rule("GET", "/documents/markdown/{filename}", {**STAFF_ONLY, "admin": 404, "teacher": 404, "teacher2": 404}),
     Rule("DELETE", "/documents/markdown/{filename}", {**STAFF_ONLY, "admin": 404, "teacher": 404, "teacher2": 404}),
     Rule("DELETE", "/documents/markdown", {**STAFF_ONLY, "admin": 422, "teacher": 422, "teacher2": 422}),
+    # ingestion jobs: on a session the caller may change (open); a job the caller did not create is a 404
+    Rule("POST", "/documents/process-and-store-batch", OPEN_ONLY_CHANGE, targets=True, batch=True),
+    Rule(
+        "GET",
+        "/documents/process-and-store-batch/status/{job_id}",
+        {**STAFF_ONLY, "admin": 404, "teacher": 404, "teacher2": 404},
+    ),
 ]
 
 
@@ -172,6 +180,15 @@ def client(shared_gateway: Gateway) -> Iterator[httpx.Client]:
 def call(client: httpx.Client, rule: Rule, path: str, role: str, session_id: str | None) -> httpx.Response:
     headers = {} if role == "anon" else auth(role)
     url = path.replace("{session_id}", session_id or "").replace("{filename}", "never-uploaded.md")
+    url = url.replace("{job_id}", "never-created")
+    if rule.batch:
+        client.post(
+            "/documents/upload-markdown",
+            files={"file": ("matrix-batch.md", b"# Matrix\n\nLeaves absorb light.\n", "text/markdown")},
+            headers=headers,
+        )
+        fields = {"session_id": session_id or "", "markdown_files": '["matrix-batch.md"]', "chunk_size": "300"}
+        return client.post(url, files=[(k, (None, v.encode())) for k, v in fields.items()], headers=headers)
     if rule.markdown:
         return client.post(url, files={"file": ("matrix.md", b"# Matrix\n", "text/markdown")}, headers=headers)
     if rule.upload:
