@@ -129,7 +129,7 @@ class JobRunner:
         while True:
             try:
                 free = self.concurrency - len(self._running)
-                if free > 0:
+                if free > 0 and await self._claimable():
                     for job_id in await self._claim(free):
                         task = asyncio.create_task(self._run(job_id), name=f"ingestion-job-{job_id}")
                         self._running.add(task)
@@ -145,6 +145,15 @@ class JobRunner:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self.wake.set()
+
+    async def _claimable(self) -> bool:
+        """Whether a claim could find work: a read, so an idle runner takes no write lock each poll (the writer
+        and its lock are shared with every request, and with the other processes on the file)."""
+        rows = await self.db.read(
+            "SELECT 1 FROM ingestion_jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < ?) LIMIT 1",
+            (now_ms(),),
+        )
+        return bool(rows)
 
     async def _claim(self, limit: int) -> list[str]:
         """Claim up to ``limit`` jobs in one write transaction."""
