@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck check bench soak container-test clean lock
+.PHONY: run test lint typecheck check bench soak container-test clean lock wrk
 
 # Exact, hash-checked versions from the lock files (requirements/*.txt); the project itself on top, without deps.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -21,7 +21,15 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m devstack.run_both
 
-test: $(STAMP)
+# wrk (Debian's package) drives the benchmarks and their quick end-to-end test: installed when missing.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	} || echo "wrk could not be installed: the bench quick test skips (and fails under CI=true)"
+
+test: $(STAMP) wrk
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -36,10 +44,10 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python -m bench.run
 
-soak: $(STAMP)
+soak: $(STAMP) wrk
 	$(BIN)/python -m bench.run --soak
 
 container-test: $(STAMP)
