@@ -24,12 +24,11 @@ def visible(principal: Principal) -> tuple[str, tuple[str, ...]]:
 
 
 def owned(principal: Principal) -> tuple[str, tuple[str, ...]]:
-    """``AND ...`` clause limiting ``sessions`` rows to those the caller may change (none for a student)."""
-    if principal.role == "admin":
-        return "", ()
-    if principal.role == "teacher":
-        return " AND user_id = ?", (principal.id,)
-    return " AND 0", ()
+    """``AND ...`` clause limiting ``sessions`` rows to those the caller may change: what an admin or a teacher
+    may see (any, their own); nothing for a student."""
+    if principal.role == "student":
+        return " AND 0", ()
+    return visible(principal)
 
 
 async def require_session(db: Database, principal: Principal, session_id: str, rule: Literal["see", "own"]) -> None:
