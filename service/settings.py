@@ -81,7 +81,16 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _postgres_url(value: SecretStr) -> SecretStr:
+    # The URL carries the password: checked for its scheme only, and never shown (``_shown`` masks secrets).
+    text = value.get_secret_value()
+    if text and text.split("://", 1)[0].lower() not in ("postgresql", "postgres"):
+        raise PydanticCustomError("postgres_url", "not a postgresql:// URL")
+    return value
+
+
 Flag = Annotated[bool, BeforeValidator(_flag)]
+PostgresUrl = Annotated[SecretStr, Field(max_length=4096), AfterValidator(_postgres_url)]  # "" = unset
 Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_http_url)]
 Text = Annotated[str, Field(min_length=1, max_length=4096)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -129,6 +138,10 @@ class DatabaseSettings(_Group):
     db_cache_size_kib: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)] = 32768
     db_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
     db_synchronous: Synchronous = "NORMAL"
+    # PostgreSQL instead of the SQLite file when set (``service/storage/postgres``); the pool is per process.
+    database_url: PostgresUrl = SecretStr("")
+    db_pool_size: Annotated[int, Field(ge=1, le=1000)] = 8
+    db_pool_timeout_s: Seconds = 2.0  # a request waiting longer for a pooled connection answers 503
 
 
 class DownstreamSettings(_Group):
@@ -263,6 +276,8 @@ def _allowed(field: FieldInfo) -> str:
         return f"must be {kind}" + (" " + " and ".join(bounds) if bounds else "")
     if any(isinstance(m, AfterValidator) and m.func is _http_url for m in field.metadata):
         return "must be an http:// or https:// URL"
+    if any(isinstance(m, AfterValidator) and m.func is _postgres_url for m in field.metadata):
+        return "must be a postgresql:// URL (postgresql://user:password@host:port/database)"
     pattern = next((m.pattern for m in field.metadata if getattr(m, "pattern", None)), None)
     if pattern:
         return f"must match {pattern}"

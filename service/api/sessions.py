@@ -28,6 +28,7 @@ from service.sessions.models import (
     StatusChanged,
     StatusUpdate,
 )
+from service.sessions.render import dumps
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ async def patch_session(call: Call[SessionPatch, Any]) -> dict[str, Any]:
 
 async def append_event(call: Call[EventCreate, Any]) -> dict[str, Any]:
     if call.body.event_data is not None:
-        size = len(store.dumps(call.body.event_data).encode())
+        size = len(dumps(call.body.event_data).encode())
         limit = call.ctx.settings.max_event_data_bytes
         if size > limit:
             raise PayloadTooLarge(f"event_data is {size} bytes; the limit is {limit}")

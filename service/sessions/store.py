@@ -7,15 +7,13 @@ of their own: ``owned_row``, ``require_open`` and ``insert_event`` run inside on
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import uuid
 from typing import Any
 
 from service.auth import Principal
 from service.db import Database
-from service.errors import Conflict, Forbidden, PayloadTooLarge, ValidationFailed, session_not_found, session_not_open
-from service.sessions import access
+from service.errors import Conflict, PayloadTooLarge, session_not_found, session_not_open
+from service.sessions import access, rules
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.domain import ACTIVE, OPEN_STATUSES, STATUSES, OpenStatus
 from service.sessions.models import (
@@ -32,14 +30,14 @@ from service.sessions.models import (
     SessionPatch,
     StatusUpdate,
 )
-from service.timeutil import iso, now_ms
+from service.sessions.render import UNTRACKED, dumps, event_out, session_out
+from service.timeutil import now_ms
 
 SESSION_COLUMNS = (
     "session_id, user_id, start_time, end_time, start_state, end_state, current_state, status, metadata, "
     "created_at, updated_at"
 )
 EVENT_COLUMNS = "id, session_id, event_type, timestamp, event_data"
-INLINE_EVENTS = 1000  # events inlined by ?include=events
 
 
 def _iso_sql(column: str) -> str:
@@ -61,8 +59,6 @@ def _list_sql(key: str) -> str:
     )
 
 
-# Not tracked by this service; rendered for the old client's types (float rating, integer counts).
-UNTRACKED = {"student_entry_count": 0, "user_rating": 0.0, "backup_count": 0}
 _RESERVED_PATHS = ", ".join(f"'$.{k}'" for k in sorted(RESERVED_METADATA_KEYS))
 
 # The same document as ``session_out``, built by SQLite on the reader's thread (no json.loads/dumps per row on
@@ -89,63 +85,6 @@ EVENT_JSON = (
     "json_object('id', id, 'session_id', session_id, 'event_type', event_type, "
     f"'timestamp', {_iso_sql('timestamp')}, 'timestamp_ms', timestamp, 'event_data', json(event_data))"
 )
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-# -- rendering ---------------------------------------------------------------------------------------------
-def session_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    meta: dict[str, Any] = json.loads(row["metadata"])
-    counters = meta.get("counters") or {}
-    end = row["end_time"]
-    out: dict[str, Any] = {
-        "session_id": row["session_id"],
-        "user_id": row["user_id"],
-        "created_by": row["user_id"],
-        "status": row["status"].lower(),
-        "name": meta.get("name"),
-        "category": meta.get("category"),
-    }
-    for key in TEXT_FIELDS:
-        value = meta.get(key)
-        out[key] = value if isinstance(value, str) else ""
-    for key in LIST_FIELDS:
-        value = meta.get(key)
-        out[key] = value if isinstance(value, list) else []
-    return out | {
-        "is_public": meta.get("is_public") is True,
-        "start_state": row["start_state"],
-        "current_state": row["current_state"],
-        "end_state": row["end_state"],
-        "start_time": iso(row["start_time"]),
-        "start_time_ms": row["start_time"],
-        "end_time": iso(end),
-        "end_time_ms": end,
-        "duration_ms": None if end is None else end - row["start_time"],
-        "metadata": {k: v for k, v in meta.items() if k not in RESERVED_METADATA_KEYS},
-        "rag_settings": meta.get("rag_settings") or {},
-        **{name: int(counters.get(name) or 0) for name in COUNTERS},
-        **UNTRACKED,
-        "created_at": iso(row["created_at"]),
-        "created_at_ms": row["created_at"],
-        "updated_at": iso(row["updated_at"]),
-        "updated_at_ms": row["updated_at"],
-        "last_accessed": iso(row["updated_at"]),
-    }
-
-
-def event_out(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    data = row["event_data"]
-    return {
-        "id": row["id"],
-        "session_id": row["session_id"],
-        "event_type": row["event_type"],
-        "timestamp": iso(row["timestamp"]),
-        "timestamp_ms": row["timestamp"],
-        "event_data": None if data is None else json.loads(data),
-    }
 
 
 # -- helpers run on the writer's thread ---------------------------------------------------------------------
@@ -188,34 +127,8 @@ def require_open(row: sqlite3.Row) -> None:
 async def create_session(
     db: Database, principal: Principal, body: SessionCreate, *, max_metadata_bytes: int
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = dict(body.metadata)
-    meta["name"] = body.name
-    for key in ("category", *TEXT_FIELDS, *LIST_FIELDS):  # body.created_by is ignored: the owner is the caller
-        value = getattr(body, key)
-        if value is not None:
-            meta[key] = value
-    if body.is_public:
-        meta["is_public"] = True
-    meta["rag_settings"] = body.rag_settings.model_dump(exclude_none=True) if body.rag_settings else {}
-    meta["counters"] = dict.fromkeys(COUNTERS, 0)
-    meta_text = dumps(meta)
-    if len(meta_text.encode()) > max_metadata_bytes:
-        raise PayloadTooLarge(f"metadata exceeds {max_metadata_bytes} bytes")
-    session_id = uuid.uuid4().hex
-    ts = now_ms()
-    row = {
-        "session_id": session_id,
-        "user_id": principal.id,
-        "start_time": ts,
-        "end_time": None,
-        "start_state": body.start_state,
-        "end_state": None,
-        "current_state": body.start_state,
-        "status": ACTIVE,
-        "metadata": meta_text,
-        "created_at": ts,
-        "updated_at": ts,
-    }
+    row = rules.new_session(principal, body, max_metadata_bytes=max_metadata_bytes)
+    session_id, ts = row["session_id"], row["start_time"]
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         conn.execute(
@@ -224,9 +137,7 @@ async def create_session(
             ":status, :metadata, :created_at, :updated_at)",
             row,
         )
-        return insert_event(
-            conn, session_id, "SESSION_STARTED", ts, {"start_state": body.start_state, "name": body.name}
-        )
+        return insert_event(conn, session_id, "SESSION_STARTED", ts, rules.started_event(body))
 
     event = await db.write(run)
     out = session_out(row)
@@ -250,7 +161,7 @@ async def get_session(db: Database, principal: Principal, session_id: str, *, wi
             return None, []
         events = conn.execute(
             f"SELECT {EVENT_JSON} FROM session_events WHERE session_id = ? ORDER BY id LIMIT ?",  # noqa: S608
-            (session_id, INLINE_EVENTS + 1),
+            (session_id, rules.INLINE_EVENTS + 1),
         ).fetchall()
         return row[0], [e[0] for e in events]
 
@@ -258,8 +169,8 @@ async def get_session(db: Database, principal: Principal, session_id: str, *, wi
     if found is None:
         raise session_not_found(session_id)
     # More than fit inline: the caller pages the rest through GET /sessions/{id}/events.
-    truncated = "true" if len(events) > INLINE_EVENTS else "false"
-    return f'{found[:-1]},"events":[{",".join(events[:INLINE_EVENTS])}],"events_truncated":{truncated}}}'
+    truncated = "true" if len(events) > rules.INLINE_EVENTS else "false"
+    return f'{found[:-1]},"events":[{",".join(events[: rules.INLINE_EVENTS])}],"events_truncated":{truncated}}}'
 
 
 async def list_sessions(db: Database, principal: Principal, query: ListQuery, *, secret: str) -> dict[str, Any]:
@@ -267,9 +178,8 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
     clause, params = access.visible(principal)
     where = ["1 = 1" + clause]
     args: list[Any] = list(params)
+    rules.check_list_filter(principal, query)
     if query.user_id is not None:
-        if principal.role != "admin" and query.user_id != principal.id:
-            raise Forbidden("only admins may filter by another user_id")
         where.append("user_id = ?")
         args.append(query.user_id)
     if query.status == ACTIVE:
@@ -318,17 +228,12 @@ async def list_sessions(db: Database, principal: Principal, query: ListQuery, *,
 async def patch_session(
     db: Database, principal: Principal, session_id: str, patch: SessionPatch, *, max_metadata_bytes: int
 ) -> dict[str, Any]:
+    changed = rules.check_patch(patch)
     sent = patch.model_fields_set
-    if not sent:
-        raise ValidationFailed(f"send at least one of {', '.join(SessionPatch.model_fields)}")
-    if "metadata" in sent and patch.metadata is None:
-        raise ValidationFailed("metadata cannot be null: send an object (a key set to null removes that key)")
-    if "name" in sent and patch.name is None:
-        raise ValidationFailed("name cannot be removed", details=[{"loc": ["body", "name"], "msg": "null"}])
     expr = "metadata"
     args: list[Any] = []
     # fixed names, never from the client; null removes the key (the field renders its default again)
-    for field in ("name", "category", *TEXT_FIELDS, *LIST_FIELDS, "is_public"):
+    for field in rules.PATCH_FIELDS:
         if field in sent:
             value = getattr(patch, field)
             if value is None:
@@ -342,7 +247,6 @@ async def patch_session(
     if "metadata" in sent and patch.metadata is not None:
         expr = f"json_patch({expr}, ?)"
         args.append(dumps(patch.metadata))
-    changed = {k: getattr(patch, k) for k in sorted(sent)}
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         owned_row(conn, principal, session_id)
@@ -361,25 +265,16 @@ async def patch_session(
 
 
 async def append_event(db: Database, principal: Principal, session_id: str, body: EventCreate) -> dict[str, Any]:
-    if body.event_type is None and body.state is None:
-        raise ValidationFailed("send event_type, state, or both")
-    if body.event_type == "STATE_CHANGED" and body.state is None:
-        raise ValidationFailed("STATE_CHANGED needs a state")
+    rules.check_event(body)
 
     def run(conn: sqlite3.Connection) -> dict[str, Any]:
         row = owned_row(conn, principal, session_id)
         require_open(row)
         ts = now_ms()
-        events = []
+        appended = rules.appended_events(body, row["current_state"])
+        events = [insert_event(conn, session_id, kind, ts, data) for kind, data in appended]
         state = row["current_state"]
-        if body.event_type is not None and body.event_type != "STATE_CHANGED":
-            events.append(insert_event(conn, session_id, body.event_type, ts, body.event_data))
         if body.state is not None:
-            data: dict[str, Any] = {"from": state, "to": body.state}
-            # the client's data rides on STATE_CHANGED unless it went with an event of its own type
-            if body.event_type in (None, "STATE_CHANGED") and body.event_data:
-                data = {**body.event_data, **data}
-            events.append(insert_event(conn, session_id, "STATE_CHANGED", ts, data))
             conn.execute(
                 "UPDATE sessions SET current_state = ?, updated_at = ? WHERE session_id = ?",
                 (body.state, ts, session_id),
@@ -489,7 +384,7 @@ async def list_events(
 def _percentile(conn: sqlite3.Connection, where: str, args: tuple[Any, ...], count: int, q: float) -> int | None:
     if count == 0:
         return None
-    offset = min(count - 1, max(0, int(round(q * (count - 1)))))
+    offset = rules.percentile_offset(count, q)
     row = conn.execute(
         f"SELECT end_time - start_time FROM sessions WHERE {where} "  # noqa: S608 - fixed fragments
         "ORDER BY end_time - start_time LIMIT 1 OFFSET ?",

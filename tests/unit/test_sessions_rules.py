@@ -25,7 +25,7 @@ from service.sessions.models import (
     json_depth,
     non_finite,
 )
-from service.sessions.store import event_out, session_out
+from service.sessions.render import event_out, session_out
 from service.timeutil import iso
 from support.session_view import counters_of
 
