@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck check bench soak container-test clean lock wrk
+.PHONY: run test lint typecheck check bench soak container-test clean lock wrk nginx
 
 # Exact, hash-checked versions from the lock files (requirements/*.txt); the project itself on top, without deps.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -29,7 +29,15 @@ wrk:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
 	} || echo "wrk could not be installed: the bench quick test skips (and fails under CI=true)"
 
-test: $(STAMP) wrk
+# nginx (Debian's package) runs the shipped load-balancer configuration in tests/e2e/test_load_balancer.py.
+nginx:
+	@[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || { \
+	  echo "installing nginx with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null; \
+	} || echo "nginx could not be installed: the load-balancer tests skip (and fail under CI=true)"
+
+test: $(STAMP) wrk nginx
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
