@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.errors import session_not_found
 
 

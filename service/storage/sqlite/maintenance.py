@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.db.database import Database
+from service.storage.sqlite.database import Database
 from service.sessions.domain import END_STATUSES, OPEN_STATUSES
 
 _ENDED_MARKS = ", ".join("?" * len(END_STATUSES))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.errors import session_not_found
 from service.sessions import access
 from service.sessions.models import COUNTERS

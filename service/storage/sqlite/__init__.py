@@ -1,5 +1,5 @@
 """The one place that knows aiosqlite: connections, schema, migrations, maintenance."""
 
-from service.db.database import Database, DatabaseError, Rows
+from service.storage.sqlite.database import Database, DatabaseError, Rows
 
 __all__ = ["Database", "DatabaseError", "Rows"]

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from service.db import migrations
-from service.db.batching import Batcher, Outcome, Work, run_reads, run_writes
+from service.storage.sqlite import migrations
+from service.storage.sqlite.batching import Batcher, Outcome, Work, run_reads, run_writes
 from service.settings import DatabaseSettings
 
 T = TypeVar("T")

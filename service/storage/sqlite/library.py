@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.errors import Conflict, NotFound
 from service.library.models import candidate
 from service.timeutil import now_ms

@@ -1,6 +1,6 @@
 """Session storage: each ``async`` operation makes exactly one awaited database call (one thread hop).
 
-Under load that hop is shared with concurrent calls (``service/db/batching.py``). The plain functions make no call
+Under load that hop is shared with concurrent calls (``service/storage/sqlite/batching.py``). The plain functions make no call
 of their own: ``owned_row``, ``require_open`` and ``insert_event`` run inside one, on the connection's thread;
 ``session_out`` / ``event_out`` render rows.
 """
@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.errors import Conflict, PayloadTooLarge, session_not_found, session_not_open
 from service.sessions import access, rules
 from service.sessions.cursor import decode_cursor, encode_cursor
