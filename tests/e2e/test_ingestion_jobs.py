@@ -20,7 +20,7 @@ from sessions_kit import db_path, error_of, sql
 
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
-from service.db import migrations
+from service.storage.sqlite import migrations
 from service.library import jobs
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth

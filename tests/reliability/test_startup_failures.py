@@ -22,7 +22,7 @@ import pytest
 from reliability_kit import REPO, ChildProcess, GatewayProcess, eventually, wal_bytes
 
 from service.app import StartupError, create_app
-from service.db.migrations import SCHEMA_VERSION
+from service.storage.sqlite.migrations import SCHEMA_VERSION
 from service.settings import Settings
 
 DOWNSTREAM = "http://127.0.0.1:9"  # never called: every start-up here fails before a request

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from service.db import Database
+from service.storage.sqlite import Database
 from service.settings import (
     DatabaseSettings,
     DownstreamSettings,

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from service.settings import DatabaseSettings
 from service.storage.sqlite import migrations
 from service.storage.sqlite.batching import Batcher, Outcome, Work, run_reads, run_writes
-from service.settings import DatabaseSettings
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
@@ -179,7 +179,8 @@ class Database:
     @staticmethod
     async def _run(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         # aiosqlite's own execute_* are built on this: run ``fn`` on the connection's thread, one hop. Private API
-        # (pinned in pyproject.toml); tests/db/test_aiosqlite_internals.py fails loudly if an upgrade moves it.
+        # (pinned in pyproject.toml); tests/storage/sqlite/test_aiosqlite_internals.py fails loudly if an upgrade
+        # moves it.
         def call() -> T:
             return fn(conn._conn)
 

@@ -1,56 +1,20 @@
-"""SQL for the RAG actions: each read is one hop before the downstream call, each record one hop after."""
+"""SQLite RAG store: each read is one hop before the downstream call, each record one hop after."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
 from service.auth import Principal
-from service.storage.sqlite import Database
 from service.errors import session_not_found
-from service.sessions import access
 from service.sessions.models import COUNTERS
-from service.sessions.store import insert_event, owned_row, require_open
+from service.storage.base import JobProgress
+from service.storage.sqlite import access
+from service.storage.sqlite.database import Database
+from service.storage.sqlite.jobs import progress_sql
+from service.storage.sqlite.sessions import insert_event, owned_row, require_open
 from service.timeutil import now_ms
-
-
-async def session_for_read(db: Database, principal: Principal, session_id: str) -> dict[str, Any]:
-    """A visible session's status, owner and stored RAG settings; 404 when not visible.
-
-    The status is returned, not checked: the caller decides what it allows (``Rag._open_session`` answers 409).
-    """
-    clause, params = access.visible(principal)
-    rows = await db.read(
-        "SELECT session_id, user_id, status, json_extract(metadata, '$.rag_settings') AS rag "  # noqa: S608
-        f"FROM sessions WHERE session_id = ?{clause}",
-        (session_id, *params),
-    )
-    if not rows:
-        raise session_not_found(session_id)
-    return {
-        "status": rows[0]["status"],
-        "user_id": rows[0]["user_id"],
-        "rag_settings": json.loads(rows[0]["rag"] or "{}"),
-    }
-
-
-async def session_for_change(db: Database, principal: Principal, session_id: str, *, open_only: bool) -> dict[str, Any]:
-    """Like ``session_for_read`` but the caller must be allowed to change the session (404 otherwise)."""
-
-    def run(conn: sqlite3.Connection) -> dict[str, Any]:
-        row = owned_row(conn, principal, session_id)
-        if open_only:
-            require_open(row)
-        meta = json.loads(row["metadata"])
-        return {
-            "status": row["status"],
-            "rag_settings": meta.get("rag_settings") or {},
-            "counters": meta.get("counters") or {},
-        }
-
-    return await db.read_fn(run)
 
 
 def update_counters(
@@ -93,49 +57,89 @@ def update_counters(
     return row
 
 
-async def record(
-    db: Database,
-    session_id: str,
-    event_type: str,
-    data: dict[str, Any],
-    *,
-    add: dict[str, int] | None = None,
-    assign: dict[str, int] | None = None,
-    embedding_model: str | None = None,
-    also: Callable[[sqlite3.Connection], None] | None = None,
-) -> dict[str, int]:
-    """The action's event and its counter changes (and ``embedding_model``, see ``update_counters``), in one
-    transaction (one hop). Returns the counters. ``also`` runs first in the same transaction (an ingestion job's
-    progress, so counters and progress commit together); raising there writes nothing."""
+class SqliteRag:
+    """``service.storage.base.RagStore`` on SQLite."""
 
-    def run(conn: sqlite3.Connection) -> dict[str, int]:
-        if also is not None:
-            also(conn)
-        ts = now_ms()
-        row = update_counters(conn, session_id, ts, add=add or {}, assign=assign or {}, embedding_model=embedding_model)
-        if row is None:
-            raise session_not_found(session_id)  # deleted while the downstream call ran
-        insert_event(conn, session_id, event_type, ts, data)
-        counters = json.loads(row["counters"] or "{}")
-        return {name: int(counters.get(name) or 0) for name in COUNTERS}
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    return await db.write(run)
+    async def session_for_read(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        """A visible session's status, owner and stored RAG settings; 404 when not visible.
 
+        The status is returned, not checked: the caller decides what it allows (``Rag._open_session`` answers 409).
+        """
+        clause, params = access.visible(principal)
+        rows = await self.db.read(
+            "SELECT session_id, user_id, status, json_extract(metadata, '$.rag_settings') AS rag "  # noqa: S608
+            f"FROM sessions WHERE session_id = ?{clause}",
+            (session_id, *params),
+        )
+        if not rows:
+            raise session_not_found(session_id)
+        return {
+            "status": rows[0]["status"],
+            "user_id": rows[0]["user_id"],
+            "rag_settings": json.loads(rows[0]["rag"] or "{}"),
+        }
 
-async def patch_rag_settings(
-    db: Database, principal: Principal, session_id: str, patch: dict[str, Any]
-) -> dict[str, Any]:
-    def run(conn: sqlite3.Connection) -> dict[str, Any]:
-        owned_row(conn, principal, session_id)
-        ts = now_ms()
-        row = conn.execute(
-            "UPDATE sessions SET metadata = json_set(metadata, '$.rag_settings', "
-            "json_patch(coalesce(json_extract(metadata, '$.rag_settings'), '{}'), ?)), updated_at = ? "
-            "WHERE session_id = ? RETURNING json_extract(metadata, '$.rag_settings') AS rag",
-            (json.dumps(patch), ts, session_id),
-        ).fetchone()
-        insert_event(conn, session_id, "RAG_SETTINGS_UPDATED", ts, {"changes": patch})
-        settings: dict[str, Any] = json.loads(row["rag"] or "{}")
-        return settings
+    async def session_for_change(self, principal: Principal, session_id: str, *, open_only: bool) -> dict[str, Any]:
+        """Like ``session_for_read`` but the caller must be allowed to change the session (404 otherwise)."""
 
-    return await db.write(run)
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+            row = owned_row(conn, principal, session_id)
+            if open_only:
+                require_open(row)
+            meta = json.loads(row["metadata"])
+            return {
+                "status": row["status"],
+                "rag_settings": meta.get("rag_settings") or {},
+                "counters": meta.get("counters") or {},
+            }
+
+        return await self.db.read_fn(run)
+
+    async def record(
+        self,
+        session_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        add: dict[str, int] | None = None,
+        assign: dict[str, int] | None = None,
+        embedding_model: str | None = None,
+        job: JobProgress | None = None,
+    ) -> dict[str, int]:
+        """The action's event and its counter changes (and ``embedding_model``, see ``update_counters``), in one
+        transaction (one hop). Returns the counters. ``job`` is applied first in the same transaction (an
+        ingestion job's progress, so counters and progress commit together); ``LeaseLost`` there writes nothing."""
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            if job is not None:
+                progress_sql(conn, job)
+            ts = now_ms()
+            row = update_counters(
+                conn, session_id, ts, add=add or {}, assign=assign or {}, embedding_model=embedding_model
+            )
+            if row is None:
+                raise session_not_found(session_id)  # deleted while the downstream call ran
+            insert_event(conn, session_id, event_type, ts, data)
+            counters = json.loads(row["counters"] or "{}")
+            return {name: int(counters.get(name) or 0) for name in COUNTERS}
+
+        return await self.db.write(run)
+
+    async def patch_rag_settings(self, principal: Principal, session_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+            owned_row(conn, principal, session_id)
+            ts = now_ms()
+            row = conn.execute(
+                "UPDATE sessions SET metadata = json_set(metadata, '$.rag_settings', "
+                "json_patch(coalesce(json_extract(metadata, '$.rag_settings'), '{}'), ?)), updated_at = ? "
+                "WHERE session_id = ? RETURNING json_extract(metadata, '$.rag_settings') AS rag",
+                (json.dumps(patch), ts, session_id),
+            ).fetchone()
+            insert_event(conn, session_id, "RAG_SETTINGS_UPDATED", ts, {"changes": patch})
+            settings: dict[str, Any] = json.loads(row["rag"] or "{}")
+            return settings
+
+        return await self.db.write(run)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.db import ddl, legacy, migrations
+from service.storage.sqlite import ddl, legacy, migrations
 
 PROCESSES = 4
 ROUNDS = 8
@@ -97,11 +97,11 @@ def test_processes_racing_to_migrate_a_fresh_file_all_succeed_and_one_applies(tm
 # -- layout: the DDL imports nothing, the pure legacy half no SQL, no module imports one that imports it back ----------
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = (
-    "service.db.ddl",
-    "service.db.migrations",
-    "service.db.legacy",
-    "service.db.legacy_rows",
-    "service.db.database",
+    "service.storage.sqlite.ddl",
+    "service.storage.sqlite.migrations",
+    "service.storage.sqlite.legacy",
+    "service.storage.sqlite.legacy_rows",
+    "service.storage.sqlite.database",
     "service.sessions.domain",
 )
 
@@ -120,10 +120,10 @@ def imports_of(module: str) -> set[str]:
 
 
 def test_ddl_and_domain_import_nothing_and_legacy_rows_no_sql() -> None:
-    assert imports_of("service.db.ddl") == set()
+    assert imports_of("service.storage.sqlite.ddl") == set()
     assert imports_of("service.sessions.domain") <= {"typing", "typing.Final", "typing.Literal", "typing.get_args"}
-    rows = imports_of("service.db.legacy_rows")
-    assert "sqlite3" not in rows and not any(name.startswith("service.db") for name in rows), rows
+    rows = imports_of("service.storage.sqlite.legacy_rows")
+    assert "sqlite3" not in rows and not any(name.startswith("service.storage.sqlite") for name in rows), rows
 
 
 def test_no_import_cycle_among_the_db_modules() -> None:

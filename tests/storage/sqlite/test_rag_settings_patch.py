@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.rag import store as rag_store
 from service.sessions import store
 from service.sessions.models import RagSettings, SessionCreate

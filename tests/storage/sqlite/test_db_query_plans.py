@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.db import Database, maintenance
+from service.storage.sqlite import Database, maintenance
 from service.sessions import store
 from service.sessions.models import EventsQuery, ListQuery, SessionCreate, SessionEnd
 

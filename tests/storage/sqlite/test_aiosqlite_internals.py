@@ -17,7 +17,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from service.db.database import Database
+from service.storage.sqlite.database import Database
 
 PIN = "aiosqlite>=0.21,<0.23 (pyproject.toml)"
 USER = "service/db/database.py (Database._run)"

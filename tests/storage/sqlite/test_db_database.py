@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.auth import Principal
-from service.db import Database, maintenance, migrations
+from service.storage.sqlite import Database, maintenance, migrations
 from service.errors import Conflict, NotFound
 from service.sessions import store
 from service.sessions.models import EventCreate, SessionCreate, SessionEnd, SessionPatch

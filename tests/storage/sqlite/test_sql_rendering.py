@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.auth import Principal
-from service.db import Database
+from service.storage.sqlite import Database
 from service.sessions import store
 from service.sessions.models import EventCreate, ListQuery, RagSettings, SessionCreate, SessionEnd, SessionPatch
 from service.timeutil import iso
