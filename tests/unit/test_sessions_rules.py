@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.auth import Principal, bearer_token
 from service.errors import BadRequest, Unauthorized
-from service.sessions import access
+from service.storage.sqlite import access
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
     MAX_JSON_DEPTH,
