@@ -379,8 +379,8 @@ async def test_db_synchronous_setting_reaches_every_connection(
     tmp_path: Path, setting: Literal["NORMAL", "FULL"], level: int
 ) -> None:
     """DB_SYNCHRONOUS is applied to the writer (the connection whose commits it governs) and to the readers."""
-    from service.storage.sqlite import Database
     from service.settings import DatabaseSettings
+    from service.storage.sqlite import Database
 
     db = Database(str(tmp_path / "sync.db"), DatabaseSettings(db_synchronous=setting, db_read_connections=2))
     await db.open()

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from service.auth import Principal
-from service.storage.sqlite import Database, maintenance, migrations
 from service.errors import Conflict, NotFound
-from service.storage.sqlite.sessions import SqliteSessions
 from service.sessions.models import EventCreate, SessionCreate, SessionEnd, SessionPatch
 from service.settings import DatabaseSettings
+from service.storage.sqlite import Database, maintenance, migrations
+from service.storage.sqlite.sessions import SqliteSessions
 
 ALL_STEPS = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
 

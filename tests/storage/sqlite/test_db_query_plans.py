@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.storage.sqlite import Database, maintenance
-from service.storage.sqlite.sessions import SqliteSessions
 from service.sessions.models import EventsQuery, ListQuery, SessionCreate, SessionEnd
 from service.storage import SessionPage
+from service.storage.sqlite import Database, maintenance
+from service.storage.sqlite.sessions import SqliteSessions
 
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
@@ -60,7 +60,8 @@ async def db(tmp_path: Path) -> AsyncIterator[RecordingDatabase]:
     # a few rows of each kind, so every code path runs to its end
     for principal in (TEACHER, ADMIN):
         for i in range(3):
-            s = await SqliteSessions(database).create(principal, SessionCreate(name=f"s{i}", category="c"), max_metadata_bytes=65_536
+            s = await SqliteSessions(database).create(
+                principal, SessionCreate(name=f"s{i}", category="c"), max_metadata_bytes=65_536
             )
             if i:
                 await SqliteSessions(database).end(principal, s["session_id"], SessionEnd(end_state=1))

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
+from service.sessions.models import RagSettings, SessionCreate
 from service.storage.sqlite import Database
 from service.storage.sqlite.rag import SqliteRag
 from service.storage.sqlite.sessions import SqliteSessions
-from service.sessions.models import RagSettings, SessionCreate
 
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
 VALUES: dict[str, list[Any]] = {
@@ -98,7 +98,8 @@ async def test_concurrent_patches_of_different_keys_all_survive(db: Database) ->
 async def test_recording_an_action_stores_its_embedding_model_only_when_none_is(db: Database) -> None:
     sid = await new_session(db, {"top_k": 3})
     before = stored_metadata(db, sid)
-    counters = await SqliteRag(db).record(sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="first-embed"
+    counters = await SqliteRag(db).record(
+        sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="first-embed"
     )
     assert counters["document_count"] == 1
     meta = stored_metadata(db, sid)

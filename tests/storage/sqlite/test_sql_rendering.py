@@ -11,11 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.auth import Principal
-from service.storage.sqlite import Database
-from service.sessions.render import event_out, session_out
-from service.storage.sqlite import sessions
-from service.storage.sqlite.sessions import SqliteSessions
 from service.sessions.models import EventCreate, ListQuery, RagSettings, SessionCreate, SessionEnd, SessionPatch
+from service.sessions.render import event_out, session_out
+from service.storage.sqlite import Database, sessions
+from service.storage.sqlite.sessions import SqliteSessions
 from service.timeutil import iso
 
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
@@ -49,7 +48,8 @@ async def _python_rendering(db: Database, session_id: str) -> dict[str, object]:
 async def test_sql_and_python_renderings_agree(db: Database) -> None:
     limit = 1 << 20
     plain = await SqliteSessions(db).create(TEACHER, SessionCreate(name="plain"), max_metadata_bytes=limit)
-    rich = await SqliteSessions(db).create(TEACHER,
+    rich = await SqliteSessions(db).create(
+        TEACHER,
         SessionCreate(
             name='Ünïcødé ✓ "quoted" \\ back',
             category="bio",
@@ -61,7 +61,8 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
         max_metadata_bytes=limit,
     )
     sid = rich["session_id"]
-    old_client = await SqliteSessions(db).create(TEACHER,
+    old_client = await SqliteSessions(db).create(
+        TEACHER,
         SessionCreate(
             name="old",
             category="general",
@@ -75,7 +76,8 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
         ),
         max_metadata_bytes=limit,
     )
-    await SqliteSessions(db).patch(TEACHER,
+    await SqliteSessions(db).patch(
+        TEACHER,
         old_client["session_id"],
         SessionPatch(tags=[], is_public=False, grade_level=None, subject_area="Fen"),
         max_metadata_bytes=limit,
@@ -91,7 +93,8 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
     )
     await SqliteSessions(db).append_event(TEACHER, sid, EventCreate(state=5, event_data={"why": "x" * 30}))
     await SqliteSessions(db).append_event(TEACHER, sid, EventCreate(event_type="CUSTOM_THING", event_data=None))
-    await SqliteSessions(db).patch(TEACHER, sid, SessionPatch(description=None, metadata={"empty": None, "k": "v"}), max_metadata_bytes=limit
+    await SqliteSessions(db).patch(
+        TEACHER, sid, SessionPatch(description=None, metadata={"empty": None, "k": "v"}), max_metadata_bytes=limit
     )
     await SqliteSessions(db).end(TEACHER, sid, SessionEnd(status="FAULTED", end_state=8))
 
