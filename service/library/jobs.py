@@ -28,8 +28,6 @@ TERMINAL = ("completed", "completed_with_errors", "failed")
 # being claimed again; a clean shutdown gives a job back without counting.
 MAX_ATTEMPTS = 5
 
-__all__ = ["MAX_ATTEMPTS", "TERMINAL", "JobRunner", "LeaseLost", "job_not_found", "status"]
-
 
 def job_not_found(job_id: str) -> NotFound:
     return NotFound("job not found", details={"job_id": job_id[:64]})
