@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -143,20 +142,20 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-async def _with_db(settings: Settings, action: str, args: argparse.Namespace) -> dict[str, object]:
-    from service.db import Database, maintenance
+async def _with_storage(settings: Settings, action: str, args: argparse.Namespace) -> dict[str, object]:
+    from service.storage import open_storage
 
-    db = Database.from_settings(settings.replace(db_read_connections=1))
-    await db.open(run_migrations=True)
+    storage = open_storage(settings.replace(db_read_connections=1))
+    await storage.open(run_migrations=True)
     try:
         if action == "migrate":
-            return {"applied": db.migrations_applied or ["schema already current"]}
+            return {"applied": storage.migrations_applied or ["schema already current"]}
         if action == "backup":
-            return dataclasses.asdict(await maintenance.backup(db, args.dest or settings.backup_dir))
-        result = await maintenance.cleanup(db, keep_newest=args.keep_newest, older_than_days=args.older_than_days)
+            return dataclasses.asdict(await storage.backup(args.dest or settings.backup_dir))
+        result = await storage.cleanup(keep_newest=args.keep_newest, older_than_days=args.older_than_days)
         return dataclasses.asdict(result)
     finally:
-        await db.close()
+        await storage.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("cleanup needs --keep-newest and/or --older-than-days")
     if args.command == "cleanup" and ((args.keep_newest or 0) < 0 or (args.older_than_days or 0) < 0):
         parser.error("--keep-newest and --older-than-days must be >= 0")
-    if args.command in ("backup", "cleanup") and not Path(settings.database_path).is_file():
+    on_file = not settings.database_url.get_secret_value()  # SQLite: the file must exist
+    if args.command in ("backup", "cleanup") and on_file and not Path(settings.database_path).is_file():
         # a mistyped DATABASE_PATH must not "succeed" on a fresh empty database
         parser.error(f"no database at DATABASE_PATH={settings.database_path!r} (run 'migrate' to create one)")
+    from service.storage import StorageError
+
     try:
-        result = asyncio.run(_with_db(settings, args.command, args))
-    except (OSError, sqlite3.Error, RuntimeError) as exc:  # a locked or unreadable file, a newer schema
-        print(f"{args.command} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        result = asyncio.run(_with_storage(settings, args.command, args))
+    except (OSError, StorageError, RuntimeError) as exc:  # a locked or unreadable file, a newer schema
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+        print(f"{args.command} failed: {type(cause).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILED
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -19,7 +19,6 @@ from service.api import admin, health, library, profile, rag, sessions
 from service.api.endpoint import Endpoint, routes_for
 from service.api.openapi import build_openapi
 from service.auth import Authenticator
-from service.db import Database
 from service.downstream import Downstream
 from service.errors import ApiError, error_response
 from service.library.jobs import JobRunner
@@ -36,6 +35,7 @@ from service.middleware import (
 from service.rag.operations import Rag
 from service.settings import Settings, load_settings
 from service.state import AppContext
+from service.storage import open_storage
 
 log = logging.getLogger("service")
 
@@ -46,6 +46,13 @@ class StartupError(RuntimeError):
     def __init__(self, what: str, cause: BaseException) -> None:
         detail = " ".join(str(cause).split()) or type(cause).__name__
         super().__init__(f"{what}: {detail}")
+
+
+def _database_named(settings: Settings) -> str:
+    """Which database start-up tried, for its error line: never the URL itself (it may hold a password)."""
+    if settings.database_url.get_secret_value():
+        return "DATABASE_URL (PostgreSQL)"
+    return f"DATABASE_PATH={settings.database_path}"
 
 
 def all_endpoints() -> list[Endpoint]:
@@ -88,13 +95,14 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
         # Whatever is opened is closed again on the way out, also when a later start-up step fails: an open
         # aiosqlite connection's thread would keep the process alive after uvicorn gave up.
         async with AsyncExitStack() as opened:
-            db = Database.from_settings(settings, observer=metrics.db_op if settings.metrics_enabled else None)
+            observe_db = metrics.db_op if settings.metrics_enabled else None
             try:
-                await db.open()
+                storage = open_storage(settings, observer=observe_db)
+                await storage.open()
             except Exception as exc:
-                raise StartupError(f"cannot open the database DATABASE_PATH={settings.database_path}", exc) from exc
-            opened.push_async_callback(db.close)
-            for line in db.migrations_applied:
+                raise StartupError(f"cannot open the database {_database_named(settings)}", exc) from exc
+            opened.push_async_callback(storage.close)
+            for line in storage.migrations_applied:
                 log.info("migration: %s", line)
             if downstream is not None:
                 client = downstream
@@ -108,14 +116,16 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             auth = Authenticator(client, ttl_s=settings.auth_cache_ttl_s, max_entries=settings.auth_cache_max_entries)
             await opened.enter_async_context(lag_probe(metrics, settings.loop_lag_interval_s))
             runner = JobRunner(
-                Rag(settings, db, client),
+                Rag(settings, storage, client),
                 poll_s=settings.ingestion_poll_interval_s,
                 lease_s=settings.ingestion_lease_s,
                 concurrency=settings.ingestion_concurrency,
             )
             runner.start()  # stopped before the client and database close (the stack unwinds in reverse)
             opened.push_async_callback(runner.stop)
-            ctx = AppContext(settings=settings, db=db, downstream=client, auth=auth, metrics=metrics, jobs=runner)
+            ctx = AppContext(
+                settings=settings, storage=storage, downstream=client, auth=auth, metrics=metrics, jobs=runner
+            )
             yield {"ctx": ctx}
         log.info("shutdown complete: http client closed, database checkpointed and closed")
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from service.auth import Authenticator
-from service.db import Database
 from service.downstream import Downstream
 from service.metrics import Metrics
 from service.settings import Settings
+from service.storage import Storage
 
 if TYPE_CHECKING:
     from service.library.jobs import JobRunner
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class AppContext:
     settings: Settings
-    db: Database
+    storage: Storage
     downstream: Downstream
     auth: Authenticator
     metrics: Metrics

@@ -13,6 +13,6 @@ def now_ms() -> int:
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    # integer arithmetic: no float rounding, and the same digits as the SQL rendering in sessions/store.py
+    # integer arithmetic: no float rounding, and the same digits as the SQL rendering in storage/sqlite/sessions.py
     seconds, millis = divmod(ms, 1000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"

@@ -33,7 +33,7 @@ import requests
 from fastapi import Depends, FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from service.db.ddl import LEGACY_SESSIONS_DDL
+from service.storage.sqlite.ddl import LEGACY_SESSIONS_DDL
 
 DEFAULT_DATABASE_PATH = "./data/baseline.db"
 DEFAULT_DOWNSTREAM_URL = "http://127.0.0.1:8100"

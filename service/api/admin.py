@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from service.api.endpoint import ADMIN, Call, Endpoint
-from service.db import maintenance
 
 
 class CleanupRequest(BaseModel):
@@ -36,14 +35,14 @@ class BackupResult(BaseModel):
 
 
 async def cleanup(call: Call[CleanupRequest, Any]) -> dict[str, Any]:
-    result = await maintenance.cleanup(
-        call.ctx.db, keep_newest=call.body.keep_newest, older_than_days=call.body.older_than_days
+    result = await call.ctx.storage.cleanup(
+        keep_newest=call.body.keep_newest, older_than_days=call.body.older_than_days
     )
     return dataclasses.asdict(result)
 
 
 async def backup(call: Call[Any, Any]) -> dict[str, Any]:
-    result = await maintenance.backup(call.ctx.db, call.ctx.settings.backup_dir)
+    result = await call.ctx.storage.backup(call.ctx.settings.backup_dir)
     return dataclasses.asdict(result)
 
 

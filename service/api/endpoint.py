@@ -22,7 +22,6 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from service.sessions import access
 from service.state import AppContext
 
 B = TypeVar("B", bound=BaseModel)
@@ -204,7 +203,7 @@ def to_route(ep: Endpoint, path: str) -> Route:
             if rule is not None and principal is not None:
                 # Only on this failure path: the read the operation would have done, so the caller learns
                 # 404 (not visible / not theirs) before anything about their request.
-                await access.require_session(ctx.db, principal, request.path_params["session_id"], rule)
+                await ctx.storage.sessions.require(principal, request.path_params["session_id"], rule)
             raise
         if isinstance(result, Response):
             return result

@@ -8,8 +8,6 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from service.api.endpoint import PUBLIC, Call, Endpoint
-from service.db import DatabaseError
-from service.db.migrations import SCHEMA_VERSION
 
 
 class Health(BaseModel):
@@ -27,12 +25,8 @@ async def health(call: Call[Any, Any]) -> dict[str, Any]:
 
 
 async def ready(call: Call[Any, Any]) -> Response:
-    try:
-        rows = await call.ctx.db.read("PRAGMA user_version")
-        version: int | None = int(rows[0][0])
-    except (DatabaseError, RuntimeError):
-        version = None
-    ok = version == SCHEMA_VERSION
+    version = await call.ctx.storage.schema_version()
+    ok = version == call.ctx.storage.target_schema_version
     body = {
         "status": "ready" if ok else "not_ready",
         "database": "ok" if version is not None else "unavailable",

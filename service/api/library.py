@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from service.api.endpoint import OWN_SESSION, STAFF, Call, Endpoint, validation_details
 from service.api.text_files import decode_text
 from service.errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from service.library import jobs, store
+from service.library import jobs
 from service.library.models import (
     BatchForm,
     BatchStarted,
@@ -26,7 +26,6 @@ from service.library.models import (
     UploadMarkdown,
     clean_filename,
 )
-from service.rag import store as rag_store
 
 UPLOAD_PATH = "/documents/upload-markdown"
 _TEXT_TYPES = frozenset({"text/markdown", "text/x-markdown", "text/plain", "text/md", "application/octet-stream", ""})
@@ -55,30 +54,30 @@ async def upload_markdown(call: Call[Any, Any]) -> dict[str, Any]:
         raise BadRequest(f"malformed multipart body: {exc.detail}") from None
     text = decode_text(name, data, limit)
     max_files = call.ctx.settings.library_max_files
-    stored = await store.add(call.ctx.db, call.principal, name, text, len(data), max_files=max_files)
+    stored = await call.ctx.storage.library.add(call.principal, name, text, len(data), max_files=max_files)
     return {"success": True, "message": f"{stored} uploaded", "markdown_filename": stored}
 
 
 async def list_markdown(call: Call[Any, Any]) -> dict[str, Any]:
-    files = await store.names(call.ctx.db, call.principal)
+    files = await call.ctx.storage.library.names(call.principal)
     return {"markdown_files": files, "count": len(files)}
 
 
 async def get_markdown(call: Call[Any, Any]) -> dict[str, Any]:
     filename = call.path["filename"]
-    return {"filename": filename, "content": await store.content(call.ctx.db, call.principal, filename)}
+    return {"filename": filename, "content": await call.ctx.storage.library.content(call.principal, filename)}
 
 
 async def delete_markdown(call: Call[Any, Any]) -> dict[str, Any]:
     filename = call.path["filename"]
-    await store.delete(call.ctx.db, call.principal, filename)
+    await call.ctx.storage.library.delete(call.principal, filename)
     return {"deleted": True, "filename": filename}
 
 
 async def delete_all_markdown(call: Call[DeleteAllQuery, DeleteAllQuery]) -> dict[str, Any]:
     if not call.query.delete_all:
         raise ValidationFailed("send delete_all=true to delete every file of your library")
-    return {"deleted": True, "count": await store.delete_all(call.ctx.db, call.principal)}
+    return {"deleted": True, "count": await call.ctx.storage.library.delete_all(call.principal)}
 
 
 async def process_and_store_batch(call: Call[Any, Any]) -> dict[str, Any]:
@@ -102,7 +101,7 @@ async def process_and_store_batch(call: Call[Any, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         raise ValidationFailed("invalid form fields", details=validation_details(exc)) from None
     # the session first: someone else's (or a missing) session is a 404 whatever else is wrong
-    await rag_store.session_for_change(call.ctx.db, call.principal, parsed.session_id, open_only=True)
+    await call.ctx.storage.rag.session_for_change(call.principal, parsed.session_id, open_only=True)
     try:
         names = json.loads(parsed.markdown_files)
     except ValueError:
@@ -115,10 +114,10 @@ async def process_and_store_batch(call: Call[Any, Any]) -> dict[str, Any]:
         )
     if len(set(names)) != len(names):
         raise ValidationFailed("markdown_files names a file more than once")
-    files = await store.resolve(call.ctx.db, call.principal, names)
+    files = await call.ctx.storage.library.resolve(call.principal, names)
     params = parsed.model_dump(include={"chunk_size", "chunk_overlap", "chunk_strategy", "embedding_model"})
     params_extra = parsed.model_dump(include={"use_llm_post_processing", "llm_model_name"})
-    job_id = await jobs.create(call.ctx.db, call.principal, parsed.session_id, files, params, params_extra)
+    job_id = await call.ctx.storage.jobs.create(call.principal, parsed.session_id, files, params, params_extra)
     runner = call.ctx.jobs
     if runner is not None:
         runner.wake.set()
@@ -131,7 +130,7 @@ async def process_and_store_batch(call: Call[Any, Any]) -> dict[str, Any]:
 
 
 async def batch_status(call: Call[Any, Any]) -> dict[str, Any]:
-    return {"success": True, "job": await jobs.status(call.ctx.db, call.principal, call.path["job_id"])}
+    return {"success": True, "job": await jobs.status(call.ctx.storage, call.principal, call.path["job_id"])}
 
 
 TAG = "library"

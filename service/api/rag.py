@@ -36,7 +36,7 @@ TEXT_SUFFIXES = (".md", ".markdown", ".txt", ".text")
 
 
 def rag(call: Call[Any, Any]) -> Rag:
-    return Rag(call.ctx.settings, call.ctx.db, call.ctx.downstream)
+    return Rag(call.ctx.settings, call.ctx.storage, call.ctx.downstream)
 
 
 def authorization(call: Call[Any, Any]) -> str | None:

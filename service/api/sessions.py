@@ -1,4 +1,5 @@
-"""Session routes (SPEC 3): thin wrappers over ``service.sessions.store``."""
+"""Session routes (SPEC 3): thin wrappers over the storage's session store (``ctx.storage.sessions``); the
+keyset cursors are signed and checked here, the storage takes and returns bare keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from starlette.responses import Response
 from service.api.endpoint import ANY_ROLE, OWN_SESSION, SEE_SESSION, STAFF, Call, Endpoint
 from service.downstream import DownstreamError
 from service.errors import PayloadTooLarge
-from service.sessions import store
+from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
     Deleted,
     EventCreate,
@@ -34,8 +35,8 @@ log = logging.getLogger(__name__)
 
 
 async def create_session(call: Call[SessionCreate, Any]) -> dict[str, Any]:
-    return await store.create_session(
-        call.ctx.db, call.principal, call.body, max_metadata_bytes=call.ctx.settings.max_metadata_bytes
+    return await call.ctx.storage.sessions.create(
+        call.principal, call.body, max_metadata_bytes=call.ctx.settings.max_metadata_bytes
     )
 
 
@@ -78,22 +79,26 @@ def next_page_headers(call: Call[Any, Any], cursor: str | None) -> dict[str, str
 async def list_sessions(call: Call[Any, ListQuery]) -> Response:
     query = clamped(call)
     secret = call.ctx.settings.cursor_secret.get_secret_value()
-    page = await store.list_sessions(call.ctx.db, call.principal, query, secret=secret)
-    response = json_text(page["sessions_json"])  # the array SQLite rendered, as is
-    response.headers.update(next_page_headers(call, page["next_cursor"]))
+    after = None
+    if query.cursor is not None:
+        start, sid = decode_cursor(query.cursor, secret, (int, str))
+        after = (start, sid)
+    page = await call.ctx.storage.sessions.list(call.principal, query, after=after)
+    response = json_text(page.sessions_json)  # the array the engine rendered, as is
+    cursor = None if page.next_key is None else encode_cursor(list(page.next_key), secret)
+    response.headers.update(next_page_headers(call, cursor))
     return response
 
 
 async def get_session(call: Call[Any, GetQuery]) -> Response:
-    session = await store.get_session(
-        call.ctx.db, call.principal, call.path["session_id"], with_events=call.query.include == "events"
+    session = await call.ctx.storage.sessions.get(
+        call.principal, call.path["session_id"], with_events=call.query.include == "events"
     )
     return json_text(session)
 
 
 async def patch_session(call: Call[SessionPatch, Any]) -> dict[str, Any]:
-    return await store.patch_session(
-        call.ctx.db,
+    return await call.ctx.storage.sessions.patch(
         call.principal,
         call.path["session_id"],
         call.body,
@@ -107,24 +112,30 @@ async def append_event(call: Call[EventCreate, Any]) -> dict[str, Any]:
         limit = call.ctx.settings.max_event_data_bytes
         if size > limit:
             raise PayloadTooLarge(f"event_data is {size} bytes; the limit is {limit}")
-    return await store.append_event(call.ctx.db, call.principal, call.path["session_id"], call.body)
+    return await call.ctx.storage.sessions.append_event(call.principal, call.path["session_id"], call.body)
 
 
 async def list_events(call: Call[Any, EventsQuery]) -> dict[str, Any]:
+    query = clamped(call)
     secret = call.ctx.settings.cursor_secret.get_secret_value()
-    return await store.list_events(call.ctx.db, call.principal, call.path["session_id"], clamped(call), secret=secret)
+    after = 0
+    if query.cursor is not None:
+        (after,) = decode_cursor(query.cursor, secret, (int,))
+    page = await call.ctx.storage.sessions.list_events(call.principal, call.path["session_id"], query, after=after)
+    cursor = None if page.next_id is None else encode_cursor([page.next_id], secret)
+    return {"events": page.events, "next_cursor": cursor, "limit": query.limit}
 
 
 async def end_session(call: Call[SessionEnd, Any]) -> dict[str, Any]:
-    return await store.end_session(call.ctx.db, call.principal, call.path["session_id"], call.body)
+    return await call.ctx.storage.sessions.end(call.principal, call.path["session_id"], call.body)
 
 
 async def set_status(call: Call[StatusUpdate, Any]) -> dict[str, Any]:
-    return await store.set_status(call.ctx.db, call.principal, call.path["session_id"], call.body)
+    return await call.ctx.storage.sessions.set_status(call.principal, call.path["session_id"], call.body)
 
 
 async def delete_session(call: Call[Any, Any]) -> dict[str, Any]:
-    result = await store.delete_session(call.ctx.db, call.principal, call.path["session_id"])
+    result = await call.ctx.storage.sessions.delete(call.principal, call.path["session_id"])
     # The session is gone first (the source of truth); the downstream collection is best effort and reported.
     try:
         await call.ctx.downstream.call("rag", "DELETE", f"/sessions/{result['session_id']}/collection")
@@ -136,7 +147,7 @@ async def delete_session(call: Call[Any, Any]) -> dict[str, Any]:
 
 
 async def session_stats(call: Call[Any, Any]) -> dict[str, Any]:
-    return await store.stats(call.ctx.db, call.principal)
+    return await call.ctx.storage.sessions.stats(call.principal)
 
 
 SID = "/sessions/{session_id}"

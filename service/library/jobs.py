@@ -1,27 +1,25 @@
 """Durable ingestion jobs: library files ingested into a session in the background, surviving restarts.
 
-A job row is claimed with a lease in one write (``UPDATE ... WHERE status = 'queued' OR lease_until < now``), so
-however many processes share the database file exactly one runs it; the lease is renewed while working and every
-progress write is fenced on the lease owner. Each file's outcome is committed as it finishes, so a job resumed
-after a crash or shutdown skips the files already done.
+A job is claimed with a lease (``storage.jobs.claim``), so however many processes share the database exactly one
+runs it; the lease is renewed while working and every progress write is fenced on the lease owner
+(``LeaseLost`` otherwise). Each file's outcome is committed as it finishes, in the same unit as the session's
+counters, so a job resumed after a crash or shutdown skips the files already done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
 import uuid
 from typing import Any
 
 from service.auth import Principal
-from service.db import Database
 from service.errors import ApiError, NotFound
 from service.rag.models import ProcessForm
 from service.rag.operations import Rag
-from service.timeutil import iso, now_ms
+from service.storage import JobProgress, LeaseLost, Storage
+from service.timeutil import iso
 
 log = logging.getLogger("service.jobs")
 
@@ -31,52 +29,16 @@ TERMINAL = ("completed", "completed_with_errors", "failed")
 MAX_ATTEMPTS = 5
 
 
-class LeaseLost(Exception):
-    """This process no longer holds the job's lease (it lapsed and another process claimed the job)."""
-
-
 def job_not_found(job_id: str) -> NotFound:
     return NotFound("job not found", details={"job_id": job_id[:64]})
 
 
-async def create(
-    db: Database,
-    principal: Principal,
-    session_id: str,
-    files: list[tuple[int, str]],
-    params: dict[str, Any],
-    extra: dict[str, Any],
-) -> str:
-    """Insert a queued job for ``files`` ((library id, name)); its id. ``params`` go to ``process_documents``;
-    ``extra`` is recorded only (the RAG service's process-and-store has no LLM post-processing)."""
-    job_id = uuid.uuid4().hex
-    await db.write_sql(
-        "INSERT INTO ingestion_jobs (job_id, owner_id, owner_role, session_id, status, params, files, created_at) "
-        "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-        (
-            job_id,
-            principal.id,
-            principal.role,
-            session_id,
-            json.dumps({"process": params, "extra": extra}),
-            json.dumps([{"id": i, "filename": n} for i, n in files]),
-            now_ms(),
-        ),
-    )
-    return job_id
-
-
-async def status(db: Database, principal: Principal, job_id: str) -> dict[str, Any]:
+async def status(storage: Storage, principal: Principal, job_id: str) -> dict[str, Any]:
     """The job as the frontend polls it; 404 unless the caller created it or is an admin."""
-    rows = await db.read(
-        "SELECT * FROM ingestion_jobs WHERE job_id = ? AND (owner_id = ? OR ?)",
-        (job_id, principal.id, principal.role == "admin"),
-    )
-    if not rows:
+    row = await storage.jobs.get(job_id, principal)
+    if row is None:
         raise job_not_found(job_id)
-    row = rows[0]
-    results = json.loads(row["results"])
-    errors = json.loads(row["errors"])
+    results, errors = row["results"], row["errors"]
     return {
         "job_id": row["job_id"],
         "session_id": row["session_id"],
@@ -84,7 +46,7 @@ async def status(db: Database, principal: Principal, job_id: str) -> dict[str, A
         "started_at": iso(row["started_at"]),
         "completed_at": iso(row["completed_at"]),
         "created_at": iso(row["created_at"]),
-        "total_files": len(json.loads(row["files"])),
+        "total_files": len(row["files"]),
         "processed_successfully": len(results),
         "errors_count": len(errors),
         "current_file": row["current_file"],
@@ -99,7 +61,7 @@ class JobRunner:
 
     def __init__(self, rag: Rag, *, poll_s: float, lease_s: float, concurrency: int) -> None:
         self.rag = rag
-        self.db = rag.db
+        self.storage = rag.storage
         self.poll_s = poll_s
         self.lease_ms = int(lease_s * 1000)
         self.concurrency = concurrency
@@ -119,18 +81,16 @@ class JobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         # give the jobs back at once instead of waiting for the lease to lapse
         with contextlib.suppress(Exception):
-            await self.db.write_sql(
-                "UPDATE ingestion_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL "
-                "WHERE lease_owner = ? AND status = 'running'",
-                (self.owner,),
-            )
+            await self.storage.jobs.release(self.owner)
 
     async def _loop(self) -> None:
         while True:
             try:
                 free = self.concurrency - len(self._running)
-                if free > 0 and await self._claimable():
-                    for job_id in await self._claim(free):
+                if free > 0 and await self.storage.jobs.claimable():
+                    for job_id in await self.storage.jobs.claim(
+                        self.owner, free, lease_ms=self.lease_ms, max_attempts=MAX_ATTEMPTS
+                    ):
                         task = asyncio.create_task(self._run(job_id), name=f"ingestion-job-{job_id}")
                         self._running.add(task)
                         task.add_done_callback(self._done)
@@ -146,57 +106,10 @@ class JobRunner:
         self._running.discard(task)
         self.wake.set()
 
-    async def _claimable(self) -> bool:
-        """Whether a claim could find work: a read, so an idle runner takes no write lock each poll (the writer
-        and its lock are shared with every request, and with the other processes on the file)."""
-        rows = await self.db.read(
-            "SELECT 1 FROM ingestion_jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < ?) LIMIT 1",
-            (now_ms(),),
-        )
-        return bool(rows)
-
-    async def _claim(self, limit: int) -> list[str]:
-        """Claim up to ``limit`` jobs in one write transaction."""
-
-        def run(conn: sqlite3.Connection) -> list[str]:
-            now = now_ms()
-            conn.execute(
-                "UPDATE ingestion_jobs SET status = 'failed', completed_at = ?, current_file = NULL, "
-                "lease_owner = NULL, lease_until = NULL, errors = json_insert(errors, '$[#]', json(?)) "
-                "WHERE status = 'running' AND lease_until < ? AND attempts >= ?",
-                (
-                    now,
-                    json.dumps({"filename": "", "error": "the process running it died too many times"}),
-                    now,
-                    MAX_ATTEMPTS,
-                ),
-            )
-            rows = conn.execute(
-                "SELECT job_id FROM ingestion_jobs WHERE status = 'queued' "
-                "OR (status = 'running' AND lease_until < ?) ORDER BY created_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            claimed = []
-            for row in rows:
-                cur = conn.execute(
-                    "UPDATE ingestion_jobs SET status = 'running', lease_owner = ?, lease_until = ?, "
-                    "started_at = coalesce(started_at, ?), attempts = attempts + (status = 'running') "
-                    "WHERE job_id = ? AND (status = 'queued' OR (status = 'running' AND lease_until < ?))",
-                    (self.owner, now + self.lease_ms, now, row["job_id"], now),
-                )
-                if cur.rowcount == 1:
-                    claimed.append(str(row["job_id"]))
-            return claimed
-
-        return await self.db.write(run)
-
     async def _renew(self, job_id: str) -> None:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            await self.db.write_sql(
-                "UPDATE ingestion_jobs SET lease_until = ? WHERE job_id = ? AND lease_owner = ? AND status = 'running'",
-                (now_ms() + self.lease_ms, job_id, self.owner),
-            )
+            await self.storage.jobs.renew(job_id, self.owner, lease_ms=self.lease_ms)
 
     async def _run(self, job_id: str) -> None:
         renew = asyncio.create_task(self._renew(job_id))
@@ -209,21 +122,20 @@ class JobRunner:
         except Exception as exc:
             log.exception("ingestion job %s failed", job_id)
             with contextlib.suppress(Exception):  # failed with its reason, never left running
-                await self._fail(job_id, f"internal error: {type(exc).__name__}")
+                await self.storage.jobs.fail(job_id, self.owner, f"internal error: {type(exc).__name__}")
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
 
     async def _work(self, job_id: str) -> None:
-        rows = await self.db.read("SELECT * FROM ingestion_jobs WHERE job_id = ?", (job_id,))
-        if not rows or rows[0]["lease_owner"] != self.owner:
+        row = await self.storage.jobs.get(job_id)
+        if row is None or row["lease_owner"] != self.owner:
             return
-        row = rows[0]
         principal = Principal(id=row["owner_id"], role=row["owner_role"], username="", profile={})
-        params = json.loads(row["params"])["process"]
-        files = json.loads(row["files"])
-        done = {r["filename"] for r in json.loads(row["results"])} | {e["filename"] for e in json.loads(row["errors"])}
+        params = row["params"]["process"]
+        files = row["files"]
+        done = {r["filename"] for r in row["results"]} | {e["filename"] for e in row["errors"]}
         # validated when the job was created; built without the upload's chunk_strategy choices (forwarded as sent)
         form = ProcessForm.model_construct(session_id=row["session_id"], **params)
         for entry in files:
@@ -231,21 +143,19 @@ class JobRunner:
             if name in done:
                 continue
             await self._progress(job_id, current_file=name)
-            texts = await self.db.read("SELECT content, size_bytes FROM library_files WHERE id = ?", (entry["id"],))
-            if not texts:
+            text = await self.storage.library.file(entry["id"])
+            if text is None:
                 await self._progress(job_id, error={"filename": name, "error": "the library file was deleted"})
                 continue
 
-            def done_file(conn: sqlite3.Connection, results: list[dict[str, Any]], name: str = name) -> None:
+            def done_file(results: list[dict[str, Any]], name: str = name) -> JobProgress:
                 # in the same write as the session's counters: a crash cannot count a file the job would redo
                 chunks = int(results[0]["chunks_processed"])
                 result = {"filename": name, "chunks_processed": chunks, "success": True}
-                self._progress_sql(conn, job_id, result=result, chunks=chunks)
+                return self._change(job_id, result=result, chunks=chunks)
 
             try:
-                await self.rag.process_documents(
-                    principal, form, [(name, texts[0]["content"], texts[0]["size_bytes"])], also=done_file
-                )
+                await self.rag.process_documents(principal, form, [(name, *text)], job=done_file)
             except LeaseLost:
                 return  # another process took the job over; it redoes this file
             except ApiError as exc:
@@ -254,58 +164,11 @@ class JobRunner:
                 if isinstance(files_out, list) and files_out and isinstance(files_out[0].get("error"), dict):
                     message = f"{message}: {files_out[0]['error'].get('message')}"
                 await self._progress(job_id, error={"filename": name, "error": message})
-        await self._finish(job_id)
+        await self.storage.jobs.finish(job_id, self.owner)
 
-    def _progress_sql(
-        self,
-        conn: sqlite3.Connection,
-        job_id: str,
-        *,
-        current_file: str | None = None,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        chunks: int = 0,
-    ) -> None:
-        """One fenced update: raises ``LeaseLost`` (rolling back the caller's write) unless this process still
-        holds the job's lease."""
-        cur = conn.execute(
-            "UPDATE ingestion_jobs SET current_file = coalesce(?, current_file), "
-            "results = CASE WHEN ? IS NULL THEN results ELSE json_insert(results, '$[#]', json(?)) END, "
-            "errors = CASE WHEN ? IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?)) END, "
-            "total_chunks = total_chunks + ?, lease_until = ? "
-            "WHERE job_id = ? AND lease_owner = ? AND status = 'running'",
-            (
-                current_file,
-                None if result is None else 1,
-                json.dumps(result),
-                None if error is None else 1,
-                json.dumps(error),
-                chunks,
-                now_ms() + self.lease_ms,
-                job_id,
-                self.owner,
-            ),
-        )
-        if cur.rowcount != 1:
-            raise LeaseLost(job_id)
+    def _change(self, job_id: str, **changes: Any) -> JobProgress:
+        """A fenced change of this job by this process (``LeaseLost`` when another one holds it now)."""
+        return JobProgress(job_id, self.owner, self.lease_ms, **changes)
 
     async def _progress(self, job_id: str, **changes: Any) -> None:
-        await self.db.write(lambda conn: self._progress_sql(conn, job_id, **changes))
-
-    async def _fail(self, job_id: str, reason: str) -> None:
-        await self.db.write_sql(
-            "UPDATE ingestion_jobs SET status = 'failed', current_file = NULL, completed_at = ?, "
-            "errors = json_insert(errors, '$[#]', json(?)), lease_owner = NULL, lease_until = NULL "
-            "WHERE job_id = ? AND lease_owner = ? AND status = 'running'",
-            (now_ms(), json.dumps({"filename": "", "error": reason}), job_id, self.owner),
-        )
-
-    async def _finish(self, job_id: str) -> None:
-        await self.db.write_sql(
-            "UPDATE ingestion_jobs SET status = CASE "
-            "WHEN json_array_length(errors) = 0 THEN 'completed' "
-            "WHEN json_array_length(results) = 0 THEN 'failed' ELSE 'completed_with_errors' END, "
-            "current_file = NULL, completed_at = ?, lease_owner = NULL, lease_until = NULL "
-            "WHERE job_id = ? AND lease_owner = ? AND status = 'running'",
-            (now_ms(), job_id, self.owner),
-        )
+        await self.storage.jobs.progress(self._change(job_id, **changes))

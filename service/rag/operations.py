@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from service.auth import Principal
-from service.db import Database
 from service.downstream import Downstream, DownstreamError
 from service.downstream.client import SERVICES, DownstreamBadAnswer
 from service.errors import (
@@ -23,12 +21,11 @@ from service.errors import (
     ValidationFailed,
     session_not_open,
 )
-from service.library import store as library_store
 from service.rag import precedence, questions
-from service.rag import store as rag_store
 from service.rag.models import STYLE_KEYS, GenerateQuestionsRequest, ProcessForm, RagQueryRequest, ReprocessRequest
 from service.sessions.domain import OPEN_STATUSES
 from service.settings import Settings
+from service.storage import JobProgress, Storage
 
 MAX_SUGGESTIONS = 10
 MAX_SUGGESTION_CHARS = 500
@@ -83,7 +80,7 @@ def _suggestions(raw: Any) -> list[str]:
 @dataclass(slots=True)
 class Rag:
     settings: Settings
-    db: Database
+    storage: Storage
     downstream: Downstream
 
     def _forward(self, authorization: str | None) -> dict[str, str]:
@@ -92,7 +89,7 @@ class Rag:
         return {}
 
     async def _open_session(self, principal: Principal, session_id: str) -> dict[str, Any]:
-        session = await rag_store.session_for_read(self.db, principal, session_id)
+        session = await self.storage.rag.session_for_read(principal, session_id)
         if session["status"] not in OPEN_STATUSES:
             raise session_not_open(session_id, session["status"])
         return session
@@ -128,8 +125,7 @@ class Rag:
             raise DownstreamBadAnswer("rag service answer has no 'answer'", details={"service": "rag"})
         raw_sources = answer.get("sources")
         sources = [_source(s) for s in raw_sources if isinstance(s, dict)] if isinstance(raw_sources, list) else []
-        await rag_store.record(
-            self.db,
+        await self.storage.rag.record(
             body.session_id,
             "RAG_QUERY",
             {"query": body.query[:500], "latency_ms": latency_ms, "source_count": len(sources), "settings": used},
@@ -149,7 +145,7 @@ class Rag:
     async def chunks(self, principal: Principal, session_id: str, authorization: str | None = None) -> dict[str, Any]:
         """The session's chunks from the RAG service, in the EBARS ``Chunk`` shape; any session you may see,
         ended ones included (reading chunks changes nothing)."""
-        await rag_store.session_for_read(self.db, principal, session_id)
+        await self.storage.rag.session_for_read(principal, session_id)
         reply = await self.downstream.call(
             "rag",
             "GET",
@@ -203,8 +199,7 @@ class Rag:
                 details={"service": "question", "excerpt": text[:300]},
             )
         model_used = reply.body.get("model_used")
-        await rag_store.record(
-            self.db,
+        await self.storage.rag.record(
             session_id,
             "QUESTIONS_GENERATED",
             {"requested": body.count, "returned": len(found), "model_used": model_used, "context_chunks": used},
@@ -227,16 +222,16 @@ class Rag:
         authorization: str | None = None,
         *,
         library_names: list[str] | None = None,
-        also: Callable[[sqlite3.Connection, list[dict[str, Any]]], None] | None = None,
+        job: JobProgress | Callable[[list[dict[str, Any]]], JobProgress] | None = None,
     ) -> dict[str, Any]:
         """``files`` are (filename, text, bytes), or ``library_names`` name the caller's library files (read after
         the session check, so a session you may not change is a 404 first). Each goes downstream with bounded
-        concurrency; the counters count only what succeeded, in one write after the downstream answers. ``also``
-        runs in that write with the per-file results (an ingestion job records its progress there, so a crash
-        cannot split them)."""
-        session = await rag_store.session_for_change(self.db, principal, form.session_id, open_only=True)
+        concurrency; the counters count only what succeeded, in one write after the downstream answers. ``job``
+        (an ingestion job's progress, or a function from the per-file results to it) is applied in that write, so
+        a crash cannot split them; ``LeaseLost`` there writes nothing."""
+        session = await self.storage.rag.session_for_change(principal, form.session_id, open_only=True)
         if library_names is not None:
-            files = await library_store.documents(self.db, principal, library_names)
+            files = await self.storage.library.documents(principal, library_names)
         embedding = form.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         gate = asyncio.Semaphore(4)
@@ -288,8 +283,7 @@ class Rag:
             statuses = {r["error"]["status"] for r in results}
             failure = {503: ServiceUnavailable, 504: GatewayTimeout}.get(statuses.pop()) if len(statuses) == 1 else None
             raise (failure or BadGateway)("no document was processed", details={"files": results})
-        counters = await rag_store.record(
-            self.db,
+        counters = await self.storage.rag.record(
             form.session_id,
             "DOCUMENTS_PROCESSED",
             {
@@ -303,7 +297,7 @@ class Rag:
             },
             add={"document_count": len(ok), "total_chunks": chunks_total},
             embedding_model=embedding,
-            also=None if also is None else (lambda conn: also(conn, results)),
+            job=job(results) if callable(job) else job,
         )
         return {
             "session_id": form.session_id,
@@ -325,7 +319,7 @@ class Rag:
         """Re-chunk the session's documents (``source_files``: only those). The session's documents are the
         ones the RAG service reports for it (the file names in its chunk listing): it holds what is re-chunked,
         whoever stored it; a name outside them is a 422 naming it, and nothing is re-chunked."""
-        session = await rag_store.session_for_change(self.db, principal, session_id, open_only=True)
+        session = await self.storage.rag.session_for_change(principal, session_id, open_only=True)
         embedding = body.embedding_model or session["rag_settings"].get("embedding_model")
         embedding = embedding or self.settings.rag_default_embedding_model
         headers = self._forward(authorization)
@@ -361,8 +355,7 @@ class Rag:
             assign = {"total_chunks": total}
         else:  # an older RAG service: its count is the whole session's only when everything was re-chunked
             assign = {"total_chunks": chunks} if wanted is None else {}
-        counters = await rag_store.record(
-            self.db,
+        counters = await self.storage.rag.record(
             session_id,
             "DOCUMENTS_REPROCESSED",
             {
@@ -389,13 +382,13 @@ class Rag:
         }
 
     async def rag_settings(self, principal: Principal, session_id: str) -> dict[str, Any]:
-        session = await rag_store.session_for_read(self.db, principal, session_id)
+        session = await self.storage.rag.session_for_read(principal, session_id)
         return self._settings_out(session_id, session["rag_settings"])
 
     async def patch_rag_settings(self, principal: Principal, session_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         if patch.get("use_reranker_service") is False and "reranker_type" not in patch:
             patch = {**patch, "reranker_type": None}  # as the old gateway: no reranker service, no reranker type
-        stored = await rag_store.patch_rag_settings(self.db, principal, session_id, patch)
+        stored = await self.storage.rag.patch_rag_settings(principal, session_id, patch)
         return {**self._settings_out(session_id, stored), "success": True}
 
     def _settings_out(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The session vocabulary, defined once: statuses, the state range, the event-type length.
 
 It imports nothing of the package, so every layer may use it (models, SQL, the legacy conversion) without a
-cycle. The SQLite schema spells the same values in its CHECKs (``service/db/ddl.py``: a migration's DDL is
-history and must not move when a constant does); ``tests/db/test_db_constraints.py`` asserts the two agree.
+cycle. The SQLite schema spells the same values in its CHECKs (``service/storage/sqlite/ddl.py``: a migration's DDL is
+history and must not move when a constant does); ``tests/storage/sqlite/test_db_constraints.py`` asserts the two agree.
 
 Statuses are stored in upper case (the schema's CHECK) and rendered by the API in lower case, the old gateway's
 spelling; API inputs take either case. ACTIVE and INACTIVE are *open* (no end time; the owner toggles between

@@ -2,7 +2,7 @@
 
 A row is a mapping with the ``sessions`` columns, ``metadata`` as JSON text (an engine that stores it as a JSON
 type hands it over as text). The SQLite engine renders the same document in SQL (``SESSION_JSON``);
-``tests/db/test_sql_rendering.py`` keeps the two identical.
+``tests/storage/sqlite/test_sql_rendering.py`` keeps the two identical.
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""Storage: the domain's operations behind one interface (``base.py``), one implementation per engine."""
+"""Storage: the domain's operations behind one interface (``base.py``), one implementation per engine.
+
+``open_storage`` picks the engine from the settings: PostgreSQL when ``DATABASE_URL`` is set, else the SQLite
+file at ``DATABASE_PATH``. Each engine's package is imported only when chosen, so SQLite needs no asyncpg.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from service.storage.base import (
     BackupResult,
@@ -8,10 +16,30 @@ from service.storage.base import (
     JobProgress,
     LeaseLost,
     NotSupportedByEngine,
+    OpObserver,
     SessionPage,
     Storage,
+    StorageError,
     StorageUnavailable,
 )
+
+if TYPE_CHECKING:
+    from service.settings import DatabaseSettings
+
+
+def open_storage(settings: DatabaseSettings, *, observer: OpObserver | None = None) -> Storage:
+    """The configured engine's storage, not opened yet (``await storage.open()``)."""
+    if settings.database_url.get_secret_value():
+        try:
+            from service.storage import postgres  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as exc:
+            raise StorageError(f"DATABASE_URL is set but the PostgreSQL engine is not available: {exc}") from exc
+        storage: Storage = postgres.PostgresStorage.from_settings(settings, observer=observer)
+        return storage
+    from service.storage.sqlite import SqliteStorage
+
+    return SqliteStorage.from_settings(settings, observer=observer)
+
 
 __all__ = [
     "BackupResult",
@@ -21,7 +49,10 @@ __all__ = [
     "JobProgress",
     "LeaseLost",
     "NotSupportedByEngine",
+    "OpObserver",
     "SessionPage",
     "Storage",
+    "StorageError",
     "StorageUnavailable",
+    "open_storage",
 ]

@@ -4,7 +4,7 @@
 replicas) implement it; the domain and the API call only this, hold no SQL and import no driver. Every
 operation is one unit of work: atomic, and one awaited database call where the engine allows (SQLite: one
 thread hop, shared with concurrent calls by group commit; PostgreSQL: one short transaction on a pooled
-connection). Access rules (``service/sessions/access.py`` says who may see or change what) are applied inside
+connection). Access rules (who may see or change what: ``service/storage/sqlite/access.py``) are applied inside
 the unit, so a refusal costs no extra call and reveals nothing: a session the caller may not see answers exactly
 like a missing one (404).
 
@@ -49,6 +49,12 @@ class NotSupportedByEngine(ApiError):
     """An operation this engine leaves to its own tools (a backup of PostgreSQL is pg_dump's job)."""
 
     status, code = 501, "not_supported"
+
+
+class StorageError(Exception):
+    """A maintenance operation (open, migrate, backup, cleanup) failed in the engine: a locked or unreadable
+    file, a newer schema. ``__cause__`` is the driver's own exception, whose type names the failure (the CLI
+    prints it); the domain and the API never see a driver type."""
 
 
 class LeaseLost(Exception):
@@ -166,7 +172,8 @@ class RagStore(Protocol):
 
 
 class LibraryStore(Protocol):
-    """Per-owner markdown files; an admin sees every owner's (``service/library/store.py`` has the rules)."""
+    """Per-owner markdown files; an admin sees every owner's (``service/storage/sqlite/library.py`` has the
+    rules)."""
 
     async def add(self, principal: Principal, name: str, content: str, size: int, *, max_files: int) -> str:
         """Stored under ``name`` or the first free ``library.models.candidate``; the name used. 409 when full."""
@@ -232,10 +239,11 @@ class Storage(Protocol):
     library: LibraryStore
     jobs: JobStore
     migrations_applied: list[str]  # what ``open(run_migrations=True)`` did, for the log
+    target_schema_version: int  # the version this build migrates to: readiness wants exactly it
 
     async def open(self, *, run_migrations: bool = True) -> None:
         """Connect (and migrate, exactly once however many processes start together); a failure closes what it
-        opened. Refuses a schema newer than this build."""
+        opened (``StorageError``). Refuses a schema newer than this build."""
 
     async def close(self) -> None: ...
 
@@ -246,4 +254,5 @@ class Storage(Protocol):
         """An online, consistent copy; ``NotSupportedByEngine`` where the engine's own tools do it."""
 
     async def cleanup(self, *, keep_newest: int | None = None, older_than_days: float | None = None) -> CleanupResult:
-        """Delete ended sessions beyond a retention rule (see ``service/maintenance.py``); never open ones."""
+        """Delete ended sessions beyond a retention rule (``service/storage/sqlite/maintenance.py`` says which);
+        never open ones."""

@@ -20,8 +20,8 @@ from sessions_kit import db_path, error_of, sql
 
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
-from service.db import migrations
 from service.library import jobs
+from service.storage.sqlite import migrations
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 from support.session_view import counters_of

@@ -9,7 +9,7 @@ from typing import Any, cast
 import httpx
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
 
-from service.db import migrations
+from service.storage.sqlite import migrations
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 from support.session_view import counters_of

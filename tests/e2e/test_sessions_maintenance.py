@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from sessions_kit import bounded_gather, create, db_path, end, error_of, settings_of, snapshot, sql
 
-from service.db import migrations
+from service.storage.sqlite import migrations
 from support.inprocess import InProcessServer
 from support.servers import ServerThread, auth
 
@@ -164,7 +164,7 @@ async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, 
 
 def seed_db(path: Path) -> None:
     """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old), 1 very old INACTIVE."""
-    from service.db import migrations
+    from service.storage.sqlite import migrations
 
     now = int(time.time() * 1000)
     conn = sqlite3.connect(path, isolation_level=None)

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from sessions_kit import bounded_gather, create, error_of, pages, walk_sessions
 
-from service.db import migrations
 from service.sessions.domain import PAGE_SIZE_LIMIT
+from service.storage.sqlite import migrations
 from support.inprocess import AppGatewayFactory
 from support.servers import auth
 

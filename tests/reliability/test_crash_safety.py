@@ -335,7 +335,7 @@ async def test_sigkill_mid_load_loses_no_acknowledged_write(
 
 def test_the_audit_itself_flags_half_written_sessions(tmp_path: Path) -> None:
     """Guard against a vacuous audit: hand-made half-written rows must be reported."""
-    from service.db import migrations
+    from service.storage.sqlite import migrations
 
     path = tmp_path / "bad.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -379,8 +379,8 @@ async def test_db_synchronous_setting_reaches_every_connection(
     tmp_path: Path, setting: Literal["NORMAL", "FULL"], level: int
 ) -> None:
     """DB_SYNCHRONOUS is applied to the writer (the connection whose commits it governs) and to the readers."""
-    from service.db import Database
     from service.settings import DatabaseSettings
+    from service.storage.sqlite import Database
 
     db = Database(str(tmp_path / "sync.db"), DatabaseSettings(db_synchronous=setting, db_read_connections=2))
     await db.open()

@@ -22,8 +22,8 @@ import pytest
 from reliability_kit import REPO, ChildProcess, GatewayProcess, eventually, wal_bytes
 
 from service.app import StartupError, create_app
-from service.db.migrations import SCHEMA_VERSION
 from service.settings import Settings
+from service.storage.sqlite.migrations import SCHEMA_VERSION
 
 DOWNSTREAM = "http://127.0.0.1:9"  # never called: every start-up here fails before a request
 EXIT_WITHIN_S = 10.0  # generous for a loaded CI machine; a healthy run takes 1-2 s (mostly imports)

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from service.auth import Principal, bearer_token
 from service.errors import BadRequest, Unauthorized
-from service.sessions import access
 from service.sessions.cursor import decode_cursor, encode_cursor
 from service.sessions.models import (
     MAX_JSON_DEPTH,
@@ -26,6 +25,7 @@ from service.sessions.models import (
     non_finite,
 )
 from service.sessions.render import event_out, session_out
+from service.storage.sqlite import access
 from service.timeutil import iso
 from support.session_view import counters_of
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from service.db import Database
 from service.settings import (
     DatabaseSettings,
     DownstreamSettings,
@@ -18,6 +17,7 @@ from service.settings import (
     SettingsError,
     load_settings,
 )
+from service.storage.sqlite import Database
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECRET = "a-cursor-secret-nobody-may-see-0123456789"

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.db import Database
-from service.rag import store as rag_store
-from service.sessions import store
 from service.sessions.models import RagSettings, SessionCreate
+from service.storage.sqlite import Database
+from service.storage.sqlite.rag import SqliteRag
+from service.storage.sqlite.sessions import SqliteSessions
 
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
 VALUES: dict[str, list[Any]] = {
@@ -51,7 +51,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 async def new_session(db: Database, rag_settings: dict[str, Any]) -> str:
     body = SessionCreate(name="s", metadata={"k": 1}, rag_settings=RagSettings.model_validate(rag_settings))
-    created = await store.create_session(db, TEACHER, body, max_metadata_bytes=65_536)
+    created = await SqliteSessions(db).create(TEACHER, body, max_metadata_bytes=65_536)
     return str(created["session_id"])
 
 
@@ -73,7 +73,7 @@ async def test_patches_merge_like_rfc7396_on_the_stored_settings(db: Database) -
     for _ in range(150):
         keys = rng.sample(sorted(VALUES), rng.randint(1, 3))
         patch = {k: None if rng.random() < 0.3 else rng.choice(VALUES[k]) for k in keys}
-        got = await rag_store.patch_rag_settings(db, TEACHER, sid, patch)
+        got = await SqliteRag(db).patch_rag_settings(TEACHER, sid, patch)
         for key, value in patch.items():
             if value is None:
                 expected.pop(key, None)
@@ -91,20 +91,20 @@ async def test_patches_merge_like_rfc7396_on_the_stored_settings(db: Database) -
 async def test_concurrent_patches_of_different_keys_all_survive(db: Database) -> None:
     sid = await new_session(db, {"top_k": 3})
     patches = [{key: values[0]} for key, values in VALUES.items()]
-    await asyncio.gather(*(rag_store.patch_rag_settings(db, TEACHER, sid, p) for p in patches))
+    await asyncio.gather(*(SqliteRag(db).patch_rag_settings(TEACHER, sid, p) for p in patches))
     assert stored_metadata(db, sid)["rag_settings"] == {key: values[0] for key, values in VALUES.items()}
 
 
 async def test_recording_an_action_stores_its_embedding_model_only_when_none_is(db: Database) -> None:
     sid = await new_session(db, {"top_k": 3})
     before = stored_metadata(db, sid)
-    counters = await rag_store.record(
-        db, sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="first-embed"
+    counters = await SqliteRag(db).record(
+        sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="first-embed"
     )
     assert counters["document_count"] == 1
     meta = stored_metadata(db, sid)
     assert meta["rag_settings"] == {"top_k": 3, "embedding_model": "first-embed"}
-    await rag_store.record(db, sid, "DOCUMENTS_REPROCESSED", {}, assign={"total_chunks": 4}, embedding_model="second")
+    await SqliteRag(db).record(sid, "DOCUMENTS_REPROCESSED", {}, assign={"total_chunks": 4}, embedding_model="second")
     meta = stored_metadata(db, sid)
     assert meta["rag_settings"] == {"top_k": 3, "embedding_model": "first-embed"}  # one was stored: kept
     assert meta["counters"]["total_chunks"] == 4 and meta["counters"]["document_count"] == 1
@@ -120,5 +120,5 @@ async def test_recording_an_action_stores_its_embedding_model_only_when_none_is(
         conn.commit()
     finally:
         conn.close()
-    await rag_store.record(db, sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="legacy")
+    await SqliteRag(db).record(sid, "DOCUMENTS_PROCESSED", {}, add={"document_count": 1}, embedding_model="legacy")
     assert stored_metadata(db, sid)["rag_settings"] == {"embedding_model": "legacy"}

@@ -4,7 +4,7 @@ SQLite dialect throughout (``WITHOUT ROWID``, ``json_valid``, partial indexes, `
 gets a module of its own. It imports nothing, so every module may import it without a cycle. A version's
 statements are history: once released they never change (a new version is a new migration step in
 ``migrations.py``). The CHECKs spell the values of ``service.sessions.domain`` (statuses, states 0..8, event types
-of 1..64 characters); ``tests/db/test_db_constraints.py`` asserts they agree.
+of 1..64 characters); ``tests/storage/sqlite/test_db_constraints.py`` asserts they agree.
 """
 
 SESSIONS_DDL = """

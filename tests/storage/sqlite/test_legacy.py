@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.db import Database, ddl, legacy, legacy_rows, migrations
+from service.storage.sqlite import Database, ddl, legacy, legacy_rows, migrations
 
 COLUMNS = (
     "session_id",

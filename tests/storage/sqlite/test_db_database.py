@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from service.auth import Principal
-from service.db import Database, maintenance, migrations
 from service.errors import Conflict, NotFound
-from service.sessions import store
 from service.sessions.models import EventCreate, SessionCreate, SessionEnd, SessionPatch
 from service.settings import DatabaseSettings
+from service.storage.sqlite import Database, maintenance, migrations
+from service.storage.sqlite.sessions import SqliteSessions
 
 ALL_STEPS = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
 
@@ -75,16 +75,16 @@ async def test_create_is_atomic_with_its_first_event(db: Database) -> None:
         )
     )
     with pytest.raises(sqlite3.IntegrityError, match="no events"):
-        await store.create_session(db, TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
+        await SqliteSessions(db).create(TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
     assert count(db.path, "sessions") == 0
     await db.run_on_writer(lambda c: c.execute("DROP TRIGGER no_events"))
-    s = await store.create_session(db, TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
+    s = await SqliteSessions(db).create(TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
     assert (count(db.path, "sessions"), count(db.path, "session_events")) == (1, 1)
     assert s["events"][0]["event_type"] == "SESSION_STARTED"
 
 
 async def test_end_is_atomic(db: Database) -> None:
-    s = await store.create_session(db, TEACHER, SessionCreate(name="x", start_state=1), max_metadata_bytes=META_MAX)
+    s = await SqliteSessions(db).create(TEACHER, SessionCreate(name="x", start_state=1), max_metadata_bytes=META_MAX)
     sid = s["session_id"]
     await db.run_on_writer(
         lambda c: c.execute(
@@ -93,27 +93,27 @@ async def test_end_is_atomic(db: Database) -> None:
         )
     )
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
-        await store.end_session(db, TEACHER, sid, SessionEnd(end_state=5))
+        await SqliteSessions(db).end(TEACHER, sid, SessionEnd(end_state=5))
     # neither the status change nor the STATE_CHANGED event written before the failure survived
-    got = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
+    got = json.loads(await SqliteSessions(db).get(TEACHER, sid, with_events=True))
     assert (got["status"], got["current_state"], got["end_time"]) == ("active", 1, None)
     assert [e["event_type"] for e in got["events"]] == ["SESSION_STARTED"]
 
 
 async def test_a_failed_write_does_not_disturb_concurrent_ones(db: Database) -> None:
-    sid = (await store.create_session(db, TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX))["session_id"]
+    sid = (await SqliteSessions(db).create(TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX))["session_id"]
     too_big = SessionPatch(metadata={"blob": "x" * 200})
     results = await asyncio.gather(
-        *(store.append_event(db, TEACHER, sid, EventCreate(event_type="OK")) for _ in range(10)),
-        store.patch_session(db, TEACHER, sid, too_big, max_metadata_bytes=100),
-        store.append_event(db, TEACHER, "missing", EventCreate(event_type="OK")),
-        *(store.append_event(db, TEACHER, sid, EventCreate(event_type="OK")) for _ in range(10)),
+        *(SqliteSessions(db).append_event(TEACHER, sid, EventCreate(event_type="OK")) for _ in range(10)),
+        SqliteSessions(db).patch(TEACHER, sid, too_big, max_metadata_bytes=100),
+        SqliteSessions(db).append_event(TEACHER, "missing", EventCreate(event_type="OK")),
+        *(SqliteSessions(db).append_event(TEACHER, sid, EventCreate(event_type="OK")) for _ in range(10)),
         return_exceptions=True,
     )
     errors = [r for r in results if isinstance(r, BaseException)]
     assert len(errors) == 2
     assert any(isinstance(e, NotFound) for e in errors)
-    events = json.loads(await store.get_session(db, TEACHER, sid, with_events=True))
+    events = json.loads(await SqliteSessions(db).get(TEACHER, sid, with_events=True))
     assert [e["event_type"] for e in events["events"]].count("OK") == 20
     assert "METADATA_UPDATED" not in [e["event_type"] for e in events["events"]]
     assert "blob" not in events["metadata"]
@@ -122,26 +122,26 @@ async def test_a_failed_write_does_not_disturb_concurrent_ones(db: Database) -> 
 async def test_concurrent_writes_through_one_database(db: Database) -> None:
     created = await asyncio.gather(
         *(
-            store.create_session(db, TEACHER, SessionCreate(name=f"s{i}"), max_metadata_bytes=META_MAX)
+            SqliteSessions(db).create(TEACHER, SessionCreate(name=f"s{i}"), max_metadata_bytes=META_MAX)
             for i in range(200)
         )
     )
     sids = [s["session_id"] for s in created]
     target = sids[0]
     await asyncio.gather(
-        *(store.append_event(db, TEACHER, sid, EventCreate(event_type="E", state=3)) for sid in sids),
+        *(SqliteSessions(db).append_event(TEACHER, sid, EventCreate(event_type="E", state=3)) for sid in sids),
         *(
-            store.patch_session(db, TEACHER, target, SessionPatch(metadata={f"k{i}": i}), max_metadata_bytes=META_MAX)
+            SqliteSessions(db).patch(TEACHER, target, SessionPatch(metadata={f"k{i}": i}), max_metadata_bytes=META_MAX)
             for i in range(100)
         ),
     )
     assert count(db.path, "sessions") == 200
     assert count(db.path, "session_events") == 200 * 3 + 100
-    got = json.loads(await store.get_session(db, TEACHER, target, with_events=False))
+    got = json.loads(await SqliteSessions(db).get(TEACHER, target, with_events=False))
     assert got["metadata"] == {f"k{i}": i for i in range(100)}
     # racing ends: exactly one wins
     results = await asyncio.gather(
-        *(store.end_session(db, TEACHER, sids[1], SessionEnd(end_state=1)) for _ in range(10)),
+        *(SqliteSessions(db).end(TEACHER, sids[1], SessionEnd(end_state=1)) for _ in range(10)),
         return_exceptions=True,
     )
     assert sum(isinstance(r, Conflict) for r in results) == 9
@@ -157,7 +157,7 @@ async def test_two_databases_on_one_file_do_not_lock_each_other(db: Database, tm
         async def writes(database: Database, n: int) -> list[str]:
             out = await asyncio.gather(
                 *(
-                    store.create_session(database, TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
+                    SqliteSessions(database).create(TEACHER, SessionCreate(name="x"), max_metadata_bytes=META_MAX)
                     for _ in range(n)
                 )
             )
@@ -189,7 +189,7 @@ async def test_close_checkpoints_and_truncates_wal(tmp_path: Path) -> None:
     database = Database(path)
     await database.open()
     for i in range(50):
-        await store.create_session(database, TEACHER, SessionCreate(name=f"s{i}"), max_metadata_bytes=META_MAX)
+        await SqliteSessions(database).create(TEACHER, SessionCreate(name=f"s{i}"), max_metadata_bytes=META_MAX)
     assert wal_bytes(path) > 0
     await database.close()
     assert not database.is_open
@@ -206,13 +206,13 @@ async def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
     first = Database(path)
     await first.open()
     assert first.migrations_applied == ALL_STEPS
-    s = await store.create_session(first, ADMIN, SessionCreate(name="kept"), max_metadata_bytes=META_MAX)
+    s = await SqliteSessions(first).create(ADMIN, SessionCreate(name="kept"), max_metadata_bytes=META_MAX)
     await first.close()
     second = Database(path)
     await second.open()
     try:
         assert second.migrations_applied == []
-        got = json.loads(await store.get_session(second, ADMIN, s["session_id"], with_events=True))
+        got = json.loads(await SqliteSessions(second).get(ADMIN, s["session_id"], with_events=True))
         assert got["name"] == "kept" and len(got["events"]) == 1
     finally:
         await second.close()

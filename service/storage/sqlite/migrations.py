@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from service.db import ddl, legacy
+from service.storage.sqlite import ddl, legacy
 
 Step = Callable[[sqlite3.Connection], None]
 

@@ -51,8 +51,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 
-from service.db import ddl, legacy_rows
-from service.db.legacy_rows import BACKUP_TABLE, REJECTED_TABLE, Converted, FixUp, LegacyReport, Rejected, RejectedRow
+from service.storage.sqlite import ddl, legacy_rows
+from service.storage.sqlite.legacy_rows import (
+    BACKUP_TABLE,
+    REJECTED_TABLE,
+    Converted,
+    FixUp,
+    LegacyReport,
+    Rejected,
+    RejectedRow,
+)
 
 LEGACY_TABLE = "sessions"
 CREATES_VERSION = 2  # the schema version a converted file is at

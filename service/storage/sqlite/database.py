@@ -1,8 +1,9 @@
-"""SQLite concurrency policy, in one place.
+"""The SQLite engine's concurrency policy, in one place (the rest of the service sees only ``SqliteStorage``).
 
 One writer connection (every transaction ``BEGIN IMMEDIATE``) and a few read connections, all long-lived
 aiosqlite connections opened at start-up. Each aiosqlite connection owns a thread; an awaited call is one hop
-to that thread. So the rest of the code gets four calls, each at most one hop:
+to that thread. So the stores (``sessions.py``, ``rag.py``, ``library.py``, ``jobs.py``) get four calls, each at
+most one hop:
 
 - ``read(sql, params)``: one SELECT on a reader, all rows;
 - ``read_fn(fn)``: several statements on a reader's thread (one hop, one snapshot);
@@ -27,14 +28,13 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from service.db import migrations
-from service.db.batching import Batcher, Outcome, Work, run_reads, run_writes
 from service.settings import DatabaseSettings
+from service.storage.base import OpObserver
+from service.storage.sqlite import migrations
+from service.storage.sqlite.batching import Batcher, Outcome, Work, run_reads, run_writes
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
-DatabaseError = sqlite3.Error
-OpObserver = Callable[[str, float], None]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,8 @@ class Database:
     @staticmethod
     async def _run(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         # aiosqlite's own execute_* are built on this: run ``fn`` on the connection's thread, one hop. Private API
-        # (pinned in pyproject.toml); tests/db/test_aiosqlite_internals.py fails loudly if an upgrade moves it.
+        # (pinned in pyproject.toml); tests/storage/sqlite/test_aiosqlite_internals.py fails loudly if an upgrade
+        # moves it.
         def call() -> T:
             return fn(conn._conn)
 

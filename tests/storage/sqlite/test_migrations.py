@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import multiprocessing
+import re
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.db import ddl, legacy, migrations
+from service.storage.sqlite import ddl, legacy, migrations
 
 PROCESSES = 4
 ROUNDS = 8
@@ -95,20 +96,23 @@ def test_processes_racing_to_migrate_a_fresh_file_all_succeed_and_one_applies(tm
 
 
 # -- layout: the DDL imports nothing, the pure legacy half no SQL, no module imports one that imports it back ----------
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LAYOUT = (
-    "service.db.ddl",
-    "service.db.migrations",
-    "service.db.legacy",
-    "service.db.legacy_rows",
-    "service.db.database",
+    "service.storage.sqlite.ddl",
+    "service.storage.sqlite.migrations",
+    "service.storage.sqlite.legacy",
+    "service.storage.sqlite.legacy_rows",
+    "service.storage.sqlite.database",
     "service.sessions.domain",
 )
 
 
 def imports_of(module: str) -> set[str]:
     """The modules ``module`` imports (``from a import b`` counts as both ``a`` and ``a.b``)."""
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.is_file():  # a package
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    tree = ast.parse(path.read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -120,10 +124,10 @@ def imports_of(module: str) -> set[str]:
 
 
 def test_ddl_and_domain_import_nothing_and_legacy_rows_no_sql() -> None:
-    assert imports_of("service.db.ddl") == set()
+    assert imports_of("service.storage.sqlite.ddl") == set()
     assert imports_of("service.sessions.domain") <= {"typing", "typing.Final", "typing.Literal", "typing.get_args"}
-    rows = imports_of("service.db.legacy_rows")
-    assert "sqlite3" not in rows and not any(name.startswith("service.db") for name in rows), rows
+    rows = imports_of("service.storage.sqlite.legacy_rows")
+    assert "sqlite3" not in rows and not any(name.startswith("service.storage.sqlite") for name in rows), rows
 
 
 def test_no_import_cycle_among_the_db_modules() -> None:
@@ -133,6 +137,45 @@ def test_no_import_cycle_among_the_db_modules() -> None:
         return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in graph[start])
 
     assert [m for m in LAYOUT if reaches(m, m, set())] == [], graph
+
+
+# -- layering: SQL and drivers only inside an engine's package (service/storage/<engine>/) ------------------------
+DRIVERS = ("sqlite3", "aiosqlite", "asyncpg", "psycopg", "psycopg2")
+SQL = re.compile(r"\bSELECT\s|\bINSERT\s+INTO\b|\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|\bPRAGMA\s")
+
+
+def outside_the_engines() -> list[Path]:
+    """Every module of the service except those of an engine package (a directory under service/storage/)."""
+    storage = ROOT / "service" / "storage"
+    files = sorted((ROOT / "service").rglob("*.py"))
+    return [f for f in files if not (f.is_relative_to(storage) and f.parent != storage)]
+
+
+def test_the_layering_scan_sees_the_domain_the_api_and_the_interface() -> None:
+    seen = {f.relative_to(ROOT).as_posix() for f in outside_the_engines()}
+    assert {"service/storage/base.py", "service/api/sessions.py", "service/rag/operations.py"} <= seen
+    assert not any(name.startswith("service/storage/sqlite/") for name in seen)
+    assert SQL.search("SELECT 1 FROM t") and SQL.search("UPDATE ingestion_jobs SET x = 1") and not SQL.search("select")
+
+
+def test_no_driver_imported_outside_the_engines() -> None:
+    found = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in outside_the_engines()
+        for name in imports_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        if name.split(".")[0] in DRIVERS
+    }
+    assert found == set()
+
+
+def test_no_sql_in_the_string_literals_outside_the_engines() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value[:80]!r}"
+        for path in outside_the_engines()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value)
+    ]
+    assert found == []
 
 
 @pytest.mark.parametrize("module", LAYOUT)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.db import Database
+from service.storage.sqlite import Database
 
 
 @pytest.fixture

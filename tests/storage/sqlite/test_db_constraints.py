@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from service.db import ddl, migrations
-from service.db.database import _apply_pragmas
 from service.sessions.domain import (
     ACTIVE,
     END_STATUSES,
@@ -21,6 +19,8 @@ from service.sessions.domain import (
     OPEN_STATUSES,
     STATUSES,
 )
+from service.storage.sqlite import ddl, migrations
+from service.storage.sqlite.database import _apply_pragmas
 
 COLUMNS = (
     "session_id",

@@ -1,4 +1,5 @@
-"""aiosqlite's private internals that ``service/db/database.py`` relies on: fail loudly when an upgrade moves them.
+"""aiosqlite's private internals that ``service/storage/sqlite/database.py`` relies on: fail loudly when an
+upgrade moves them.
 
 ``Database._run`` hands a whole function to ``Connection._execute`` (one hop to the connection's thread) and
 calls it with ``Connection._conn``, the ``sqlite3.Connection``. Neither is public API, so pyproject.toml pins
@@ -17,10 +18,10 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from service.db.database import Database
+from service.storage.sqlite.database import Database
 
 PIN = "aiosqlite>=0.21,<0.23 (pyproject.toml)"
-USER = "service/db/database.py (Database._run)"
+USER = "service/storage/sqlite/database.py (Database._run)"
 
 
 def require(condition: bool, what: str) -> None:

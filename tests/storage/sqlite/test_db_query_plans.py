@@ -1,7 +1,7 @@
 """Each index of SPEC 2 is used by the query it exists for.
 
-The statements are captured from the service's own code paths (store and maintenance functions running on a live
-``Database``), with their real parameters, then planned with ``EXPLAIN QUERY PLAN`` on the same file.
+The statements are captured from the service's own code paths (the SQLite stores and maintenance running on a
+live ``Database``), with their real parameters, then planned with ``EXPLAIN QUERY PLAN`` on the same file.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.db import Database, maintenance
-from service.sessions import store
 from service.sessions.models import EventsQuery, ListQuery, SessionCreate, SessionEnd
+from service.storage import SessionPage
+from service.storage.sqlite import Database, maintenance
+from service.storage.sqlite.sessions import SqliteSessions
 
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
 TEACHER = Principal(id="u-teacher", role="teacher", username="teacher", profile={})
 STUDENT = Principal(id="u-student", role="student", username="student", profile={})
-SECRET = "plan-secret"
 Statement = tuple[str, Any]
 
 
@@ -60,11 +60,11 @@ async def db(tmp_path: Path) -> AsyncIterator[RecordingDatabase]:
     # a few rows of each kind, so every code path runs to its end
     for principal in (TEACHER, ADMIN):
         for i in range(3):
-            s = await store.create_session(
-                database, principal, SessionCreate(name=f"s{i}", category="c"), max_metadata_bytes=65_536
+            s = await SqliteSessions(database).create(
+                principal, SessionCreate(name=f"s{i}", category="c"), max_metadata_bytes=65_536
             )
             if i:
-                await store.end_session(database, principal, s["session_id"], SessionEnd(end_state=1))
+                await SqliteSessions(database).end(principal, s["session_id"], SessionEnd(end_state=1))
     yield database
     await database.close()
 
@@ -102,21 +102,21 @@ async def assert_uses(
 
 async def test_unfiltered_listing_uses_start_time(db: RecordingDatabase) -> None:
     steps = await assert_uses(
-        db, lambda: store.list_sessions(db, ADMIN, ListQuery(), secret=SECRET), "idx_sessions_start_time"
+        db, lambda: SqliteSessions(db).list(ADMIN, ListQuery(), after=None), "idx_sessions_start_time"
     )
     assert not any("TEMP B-TREE" in s for s in steps)  # the index gives the order: no sort
     # the next page too (keyset cursor): a range on the same index
-    page = await store.list_sessions(db, ADMIN, ListQuery(limit=2), secret=SECRET)
-    cursor = page["next_cursor"]
-    assert cursor
+    page = await SqliteSessions(db).list(ADMIN, ListQuery(limit=2), after=None)
+    key = page.next_key
+    assert key
     steps = await assert_uses(
         db,
-        lambda: store.list_sessions(db, ADMIN, ListQuery(limit=2, cursor=cursor), secret=SECRET),
+        lambda: SqliteSessions(db).list(ADMIN, ListQuery(limit=2), after=key),
         "idx_sessions_start_time",
     )
     assert not any("TEMP B-TREE" in s for s in steps)
     await assert_uses(
-        db, lambda: store.list_sessions(db, ADMIN, ListQuery(started_after=1), secret=SECRET), "idx_sessions_start_time"
+        db, lambda: SqliteSessions(db).list(ADMIN, ListQuery(started_after=1), after=None), "idx_sessions_start_time"
     )
 
 
@@ -124,7 +124,7 @@ async def test_unfiltered_listing_uses_start_time(db: RecordingDatabase) -> None
 async def test_listing_by_status_uses_status_start(db: RecordingDatabase, status: str) -> None:
     query = ListQuery.model_validate({"status": status})
     steps = await assert_uses(
-        db, lambda: store.list_sessions(db, ADMIN, query, secret=SECRET), "idx_sessions_status_start"
+        db, lambda: SqliteSessions(db).list(ADMIN, query, after=None), "idx_sessions_status_start"
     )
     assert not any("TEMP B-TREE" in s for s in steps)
 
@@ -133,37 +133,37 @@ async def test_active_listing_uses_the_partial_index(db: RecordingDatabase) -> N
     for spelling in ("ACTIVE", "active"):  # a filter in either case is the same query
         query = ListQuery.model_validate({"status": spelling})
 
-        async def listing(q: ListQuery = query) -> dict[str, Any]:
-            return await store.list_sessions(db, ADMIN, q, secret=SECRET)
+        async def listing(q: ListQuery = query) -> SessionPage:
+            return await SqliteSessions(db).list(ADMIN, q, after=None)
 
         await assert_uses(db, listing, "idx_sessions_active")
     # students see ACTIVE sessions only: their listing is the same query
     steps = await assert_uses(
-        db, lambda: store.list_sessions(db, STUDENT, ListQuery(), secret=SECRET), "idx_sessions_active"
+        db, lambda: SqliteSessions(db).list(STUDENT, ListQuery(), after=None), "idx_sessions_active"
     )
     assert not any("TEMP B-TREE" in s for s in steps)
-    page = await store.list_sessions(db, STUDENT, ListQuery(limit=1), secret=SECRET)
-    assert page["next_cursor"]
+    page = await SqliteSessions(db).list(STUDENT, ListQuery(limit=1), after=None)
+    assert page.next_key
     await assert_uses(
         db,
-        lambda: store.list_sessions(db, STUDENT, ListQuery(limit=1, cursor=page["next_cursor"]), secret=SECRET),
+        lambda: SqliteSessions(db).list(STUDENT, ListQuery(limit=1), after=page.next_key),
         "idx_sessions_active",
     )
 
 
 async def test_owner_listing_uses_user_start(db: RecordingDatabase) -> None:
     steps = await assert_uses(
-        db, lambda: store.list_sessions(db, TEACHER, ListQuery(), secret=SECRET), "idx_sessions_user_start"
+        db, lambda: SqliteSessions(db).list(TEACHER, ListQuery(), after=None), "idx_sessions_user_start"
     )
     assert not any("TEMP B-TREE" in s for s in steps)
     await assert_uses(
         db,
-        lambda: store.list_sessions(db, ADMIN, ListQuery(user_id="u-teacher"), secret=SECRET),
+        lambda: SqliteSessions(db).list(ADMIN, ListQuery(user_id="u-teacher"), after=None),
         "idx_sessions_user_start",
     )
     await assert_uses(
         db,
-        lambda: store.list_sessions(db, TEACHER, ListQuery(status="ACTIVE"), secret=SECRET),
+        lambda: SqliteSessions(db).list(TEACHER, ListQuery(status="ACTIVE"), after=None),
         "idx_sessions_user_start",
     )
 
@@ -174,13 +174,13 @@ async def test_owner_listing_uses_user_start(db: RecordingDatabase) -> None:
     ids=["after", "before", "between"],
 )
 async def test_ended_range_uses_end_time(db: RecordingDatabase, query: ListQuery) -> None:
-    await assert_uses(db, lambda: store.list_sessions(db, ADMIN, query, secret=SECRET), "idx_sessions_end_time")
+    await assert_uses(db, lambda: SqliteSessions(db).list(ADMIN, query, after=None), "idx_sessions_end_time")
 
 
 async def test_ended_range_with_status_uses_status_end(db: RecordingDatabase) -> None:
     await assert_uses(
         db,
-        lambda: store.list_sessions(db, ADMIN, ListQuery(status="COMPLETED", ended_after=1), secret=SECRET),
+        lambda: SqliteSessions(db).list(ADMIN, ListQuery(status="COMPLETED", ended_after=1), after=None),
         "idx_sessions_status_end",
     )
 
@@ -191,7 +191,7 @@ async def test_ended_range_with_status_uses_status_end(db: RecordingDatabase) ->
     ids=["after", "before", "between"],
 )
 async def test_created_range_uses_created_at(db: RecordingDatabase, query: ListQuery) -> None:
-    await assert_uses(db, lambda: store.list_sessions(db, ADMIN, query, secret=SECRET), "idx_sessions_created_at")
+    await assert_uses(db, lambda: SqliteSessions(db).list(ADMIN, query, after=None), "idx_sessions_created_at")
 
 
 @pytest.mark.parametrize(
@@ -206,23 +206,23 @@ async def test_cleanup_uses_status_end(db: RecordingDatabase, rule: dict[str, An
 
 
 async def test_stats_counts_by_status_use_status_index(db: RecordingDatabase) -> None:
-    await assert_uses(db, lambda: store.stats(db, ADMIN), "idx_sessions_status")
-    await assert_uses(db, lambda: store.stats(db, TEACHER), "idx_sessions_user_start")
+    await assert_uses(db, lambda: SqliteSessions(db).stats(ADMIN), "idx_sessions_status")
+    await assert_uses(db, lambda: SqliteSessions(db).stats(TEACHER), "idx_sessions_user_start")
 
 
 async def test_events_of_a_session_use_session_index(db: RecordingDatabase) -> None:
-    page = await store.list_sessions(db, ADMIN, ListQuery(limit=1), secret=SECRET)
-    sid = json.loads(page["sessions_json"])[0]["session_id"]
+    page = await SqliteSessions(db).list(ADMIN, ListQuery(limit=1), after=None)
+    sid = json.loads(page.sessions_json)[0]["session_id"]
     steps = await assert_uses(
         db,
-        lambda: store.list_events(db, ADMIN, sid, EventsQuery(), secret=SECRET),
+        lambda: SqliteSessions(db).list_events(ADMIN, sid, EventsQuery(), after=0),
         "idx_events_session",
         table="session_events",
     )
     assert not any("TEMP B-TREE" in s for s in steps)
     await assert_uses(
         db,
-        lambda: store.get_session(db, ADMIN, sid, with_events=True),
+        lambda: SqliteSessions(db).get(ADMIN, sid, with_events=True),
         "idx_events_session",
         table="session_events",
     )

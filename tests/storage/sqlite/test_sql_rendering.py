@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.auth import Principal
-from service.db import Database
-from service.sessions import store
 from service.sessions.models import EventCreate, ListQuery, RagSettings, SessionCreate, SessionEnd, SessionPatch
+from service.sessions.render import event_out, session_out
+from service.storage.sqlite import Database, sessions
+from service.storage.sqlite.sessions import SqliteSessions
 from service.timeutil import iso
 
 ADMIN = Principal(id="u-admin", role="admin", username="admin", profile={})
 TEACHER = Principal(id="u-teacher", role="teacher", username="t", profile={})
-SECRET = "s" * 32
 
 
 @pytest.fixture
@@ -31,25 +31,24 @@ async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def _python_rendering(db: Database, session_id: str) -> dict[str, object]:
     def run(conn: sqlite3.Connection) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
-        row = conn.execute(f"SELECT {store.SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))  # noqa: S608
+        row = conn.execute(f"SELECT {sessions.SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,))  # noqa: S608
         events = conn.execute(
-            f"SELECT {store.EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id",  # noqa: S608
+            f"SELECT {sessions.EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY id",  # noqa: S608
             (session_id,),
         )
         return row.fetchone(), events.fetchall()
 
     row, events = await db.read_fn(run)
-    out = store.session_out(row)
-    out["events"] = [store.event_out(e) for e in events]
+    out = session_out(row)
+    out["events"] = [event_out(e) for e in events]
     out["events_truncated"] = False
     return out
 
 
 async def test_sql_and_python_renderings_agree(db: Database) -> None:
     limit = 1 << 20
-    plain = await store.create_session(db, TEACHER, SessionCreate(name="plain"), max_metadata_bytes=limit)
-    rich = await store.create_session(
-        db,
+    plain = await SqliteSessions(db).create(TEACHER, SessionCreate(name="plain"), max_metadata_bytes=limit)
+    rich = await SqliteSessions(db).create(
         TEACHER,
         SessionCreate(
             name='Ünïcødé ✓ "quoted" \\ back',
@@ -62,8 +61,7 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
         max_metadata_bytes=limit,
     )
     sid = rich["session_id"]
-    old_client = await store.create_session(
-        db,
+    old_client = await SqliteSessions(db).create(
         TEACHER,
         SessionCreate(
             name="old",
@@ -78,8 +76,7 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
         ),
         max_metadata_bytes=limit,
     )
-    await store.patch_session(
-        db,
+    await SqliteSessions(db).patch(
         TEACHER,
         old_client["session_id"],
         SessionPatch(tags=[], is_public=False, grade_level=None, subject_area="Fen"),
@@ -89,26 +86,26 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
     odd_meta = '{"name": 1, "description": 5, "tags": "bio", "learning_objectives": {"a": 1}, "is_public": 1}'
     await db.write(
         lambda conn: conn.execute(
-            f"INSERT INTO sessions ({store.SESSION_COLUMNS}) VALUES ('odd', 'u-teacher', 5, NULL, 0, NULL, 0, "  # noqa: S608
+            f"INSERT INTO sessions ({sessions.SESSION_COLUMNS}) VALUES ('odd', 'u-teacher', 5, NULL, 0, NULL, 0, "  # noqa: S608
             "'ACTIVE', ?, 5, 5)",
             (odd_meta,),
         )
     )
-    await store.append_event(db, TEACHER, sid, EventCreate(state=5, event_data={"why": "x" * 30}))
-    await store.append_event(db, TEACHER, sid, EventCreate(event_type="CUSTOM_THING", event_data=None))
-    await store.patch_session(
-        db, TEACHER, sid, SessionPatch(description=None, metadata={"empty": None, "k": "v"}), max_metadata_bytes=limit
+    await SqliteSessions(db).append_event(TEACHER, sid, EventCreate(state=5, event_data={"why": "x" * 30}))
+    await SqliteSessions(db).append_event(TEACHER, sid, EventCreate(event_type="CUSTOM_THING", event_data=None))
+    await SqliteSessions(db).patch(
+        TEACHER, sid, SessionPatch(description=None, metadata={"empty": None, "k": "v"}), max_metadata_bytes=limit
     )
-    await store.end_session(db, TEACHER, sid, SessionEnd(status="FAULTED", end_state=8))
+    await SqliteSessions(db).end(TEACHER, sid, SessionEnd(status="FAULTED", end_state=8))
 
     for session_id in (plain["session_id"], sid, old_client["session_id"], "odd"):
-        from_sql = json.loads(await store.get_session(db, ADMIN, session_id, with_events=True))
+        from_sql = json.loads(await SqliteSessions(db).get(ADMIN, session_id, with_events=True))
         assert from_sql == await _python_rendering(db, session_id)
-        without = json.loads(await store.get_session(db, ADMIN, session_id, with_events=False))
+        without = json.loads(await SqliteSessions(db).get(ADMIN, session_id, with_events=False))
         assert without == {k: v for k, v in from_sql.items() if k not in ("events", "events_truncated")}
 
-    page = await store.list_sessions(db, ADMIN, ListQuery(limit=10), secret=SECRET)
-    listed = json.loads(page["sessions_json"])
+    page = await SqliteSessions(db).list(ADMIN, ListQuery(limit=10), after=None)
+    listed = json.loads(page.sessions_json)
     assert {s["session_id"] for s in listed} == {plain["session_id"], sid, old_client["session_id"], "odd"}
     for doc in listed:
         expected = await _python_rendering(db, doc["session_id"])
@@ -137,7 +134,7 @@ async def test_sql_and_python_renderings_agree(db: Database) -> None:
 def test_sql_iso_matches_python_iso(ms: int) -> None:
     conn = sqlite3.connect(":memory:")
     try:
-        (value,) = conn.execute(f"SELECT {store._iso_sql('?1')}", (ms,)).fetchone()
+        (value,) = conn.execute(f"SELECT {sessions._iso_sql('?1')}", (ms,)).fetchone()
     finally:
         conn.close()
     assert value == iso(ms)

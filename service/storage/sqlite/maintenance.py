@@ -1,26 +1,19 @@
-"""Online backup and retention cleanup, shared by the admin endpoints and the CLI."""
+"""SQLite online backup and retention cleanup (``SqliteStorage.backup`` / ``cleanup``: the admin endpoints and
+the CLI)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.db.database import Database
 from service.sessions.domain import END_STATUSES, OPEN_STATUSES
+from service.storage.base import BackupResult, CleanupResult
+from service.storage.sqlite.database import Database
 
 _ENDED_MARKS = ", ".join("?" * len(END_STATUSES))
 _OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # constants, spelled into SQL
-
-
-@dataclass(frozen=True, slots=True)
-class BackupResult:
-    path: str
-    bytes: int
-    pages: int
-    seconds: float
 
 
 async def backup(db: Database, dest_dir: str) -> BackupResult:
@@ -45,12 +38,6 @@ async def backup(db: Database, dest_dir: str) -> BackupResult:
         return BackupResult(str(target), target.stat().st_size, pages, time.perf_counter() - started)
 
     return await db.run_on_writer(run)
-
-
-@dataclass(frozen=True, slots=True)
-class CleanupResult:
-    deleted_sessions: int
-    deleted_events: int
 
 
 async def cleanup(

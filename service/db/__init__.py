@@ -1,5 +1,0 @@
-"""The one place that knows aiosqlite: connections, schema, migrations, maintenance."""
-
-from service.db.database import Database, DatabaseError, Rows
-
-__all__ = ["Database", "DatabaseError", "Rows"]
