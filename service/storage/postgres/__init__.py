@@ -1,0 +1,1 @@
+"""The PostgreSQL engine (asyncpg), for replicas sharing one database: ``PostgresStorage``."""
