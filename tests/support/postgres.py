@@ -6,8 +6,9 @@ installs it when missing). ``initdb`` refuses to run as root, so as root the clu
 free loopback port, with ``fsync=off`` (a test cluster need not survive a power cut). Where the binaries (or
 asyncpg) are missing the PostgreSQL tests skip, except under ``CI=true``, where they fail naming the package.
 
-Fixtures: ``postgres_server`` (the session's server), ``pg_empty_dsn`` (a new, empty database) and ``pg_dsn``
-(a new database copied from a migrated template: ``CREATE DATABASE ... TEMPLATE``, cheaper than migrating).
+Fixtures: ``postgres_server`` (the session's server), ``pg_empty_dsn`` (a new, empty database), ``pg_dsn``
+(a new database copied from a migrated template: ``CREATE DATABASE ... TEMPLATE``, cheaper than migrating) and
+``pg_storage`` (a ``PostgresStorage`` opened on it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from service.storage.postgres import PostgresStorage
 
 PACKAGE = "postgresql"  # Debian's package with the server binaries
 TEMPLATE_DB = "migrated_template"
@@ -195,3 +200,15 @@ async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
     await _create_database(postgres_server, name, TEMPLATE_DB)
     yield postgres_server.dsn(name)
     await _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+async def pg_storage(pg_dsn: str) -> AsyncIterator[PostgresStorage]:
+    """An opened ``PostgresStorage`` on the test's migrated database (pool of 4)."""
+    from service.storage.postgres import PostgresStorage
+    from service.storage.postgres.engine import Engine
+
+    store = PostgresStorage(Engine(pg_dsn, pool_size=4, pool_timeout_s=10))
+    await store.open()
+    yield store
+    await store.close()

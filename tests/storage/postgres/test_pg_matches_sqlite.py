@@ -51,7 +51,7 @@ async def sqlite_side(tmp_path: Path) -> AsyncIterator[Database]:
     await db.close()
 
 
-async def test_a_session_lifecycle_answers_alike(storage: PostgresStorage, sqlite_side: Database) -> None:
+async def test_a_session_lifecycle_answers_alike(pg_storage: PostgresStorage, sqlite_side: Database) -> None:
     create = SessionCreate(
         name="algebra",
         category="math",
@@ -65,7 +65,7 @@ async def test_a_session_lifecycle_answers_alike(storage: PostgresStorage, sqlit
     )
     event = EventCreate(event_type="NOTE", event_data={"b": 2, "a": 1}, state=4)
 
-    pg, sqlite_db = storage.sessions, sqlite_side
+    pg, sqlite_db = pg_storage.sessions, sqlite_side
     answers: list[tuple[Any, Any]] = []
     p_created = await pg.create(TEACHER, create, max_metadata_bytes=MAX_META)
     s_created = await sqlite_store.create_session(sqlite_db, TEACHER, create, max_metadata_bytes=MAX_META)

@@ -40,8 +40,8 @@ async def doc(store: SessionStore, who: Principal, session_id: str, *, events: b
     return out
 
 
-async def test_create_get_patch_append_end_delete(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_create_get_patch_append_end_delete(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     created = await store.create(
         TEACHER,
         SessionCreate(name="algebra", category="math", tags=["a"], metadata={"room": {"no": 1, "floor": 2}}),
@@ -111,8 +111,8 @@ async def test_create_get_patch_append_end_delete(storage: PostgresStorage) -> N
         await store.list_events(ADMIN, sid, EventsQuery(), after=0)
 
 
-async def test_access_rules_per_role(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_access_rules_per_role(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     mine = await create(store, TEACHER)
     inactive = await create(store, TEACHER)
     await store.set_status(TEACHER, inactive, StatusUpdate(status="INACTIVE"))
@@ -154,8 +154,8 @@ async def test_access_rules_per_role(storage: PostgresStorage) -> None:
     assert (await store.stats(ADMIN))["total"] == 3
 
 
-async def test_list_pages_walk_every_session_once_newest_first(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_list_pages_walk_every_session_once_newest_first(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     ids = {await create(store, TEACHER, category="c" if i % 2 else "d") for i in range(11)}
     seen: list[dict[str, Any]] = []
     after: tuple[int, str] | None = None
@@ -173,8 +173,8 @@ async def test_list_pages_walk_every_session_once_newest_first(storage: Postgres
     assert len(json.loads(cats.sessions_json)) == 5
 
 
-async def test_stats_durations_and_types(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_stats_durations_and_types(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     for i in range(3):
         sid = await create(store, TEACHER)
         await store.end(TEACHER, sid, SessionEnd(status="COMPLETED" if i else "FAULTED", end_state=0))
@@ -191,8 +191,8 @@ async def test_stats_durations_and_types(storage: PostgresStorage) -> None:
     assert empty["durations"] == {"count": 0, "avg_ms": None, "p50_ms": None, "p95_ms": None}
 
 
-async def test_racing_ends_give_one_success_and_one_conflict(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_racing_ends_give_one_success_and_one_conflict(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     for _ in range(5):
         sid = await create(store, TEACHER)
         results = await asyncio.gather(
@@ -207,9 +207,9 @@ async def test_racing_ends_give_one_success_and_one_conflict(storage: PostgresSt
         assert [e["event_type"] for e in page.events].count("SESSION_ENDED") == 1
 
 
-async def test_concurrent_appends_get_ids_in_commit_order(storage: PostgresStorage) -> None:
+async def test_concurrent_appends_get_ids_in_commit_order(pg_storage: PostgresStorage) -> None:
     """Each STATE_CHANGED records the state it found under the row lock: by id, each `from` is the previous `to`."""
-    store = storage.sessions
+    store = pg_storage.sessions
     sid = await create(store, TEACHER)
     await asyncio.gather(*(store.append_event(TEACHER, sid, EventCreate(state=i % 9)) for i in range(1, 41)))
     page = await store.list_events(TEACHER, sid, EventsQuery(limit=100), after=0)
@@ -221,27 +221,27 @@ async def test_concurrent_appends_get_ids_in_commit_order(storage: PostgresStora
     assert (await doc(store, TEACHER, sid))["current_state"] == changes[-1]["to"]
 
 
-async def test_cleanup_deletes_ended_sessions_beyond_the_rule_never_open_ones(storage: PostgresStorage) -> None:
-    store = storage.sessions
+async def test_cleanup_deletes_ended_sessions_beyond_the_rule_never_open_ones(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
     ended = []
     for _ in range(4):
         sid = await create(store, TEACHER)
         await store.end(TEACHER, sid, SessionEnd(end_state=0))
         ended.append(sid)
     open_one = await create(store, TEACHER)
-    result = await storage.cleanup(keep_newest=1)
+    result = await pg_storage.cleanup(keep_newest=1)
     assert result.deleted_sessions == 3 and result.deleted_events == 6
-    assert (await storage.cleanup(older_than_days=365)).deleted_sessions == 0  # none ended a year ago
-    assert (await storage.cleanup(keep_newest=0)).deleted_sessions == 1
+    assert (await pg_storage.cleanup(older_than_days=365)).deleted_sessions == 0  # none ended a year ago
+    assert (await pg_storage.cleanup(keep_newest=0)).deleted_sessions == 1
     assert (await doc(store, TEACHER, open_one))["status"] == "active"
     with pytest.raises(ValueError, match="keep_newest"):
-        await storage.cleanup()
+        await pg_storage.cleanup()
 
 
-async def test_backup_is_left_to_postgres_tools(storage: PostgresStorage) -> None:
+async def test_backup_is_left_to_postgres_tools(pg_storage: PostgresStorage) -> None:
     from service.storage.base import NotSupportedByEngine
 
     with pytest.raises(NotSupportedByEngine, match="pg_dump") as caught:
-        await storage.backup("/tmp")
+        await pg_storage.backup("/tmp")
     assert caught.value.status == 501
-    assert await storage.schema_version() is not None and storage.engine == "postgres"
+    assert await pg_storage.schema_version() is not None and pg_storage.engine == "postgres"
