@@ -6,7 +6,17 @@ import time
 from typing import Protocol
 
 from service.sessions.domain import END_STATUSES
-from service.storage.base import BackupResult, CleanupResult, Engine, NotSupportedByEngine, OpObserver
+from service.storage.base import (
+    BackupResult,
+    CleanupResult,
+    Engine,
+    JobStore,
+    LibraryStore,
+    NotSupportedByEngine,
+    OpObserver,
+    RagStore,
+    SessionStore,
+)
 from service.storage.postgres import migrations
 from service.storage.postgres.engine import Engine as PgEngine
 from service.storage.postgres.jobs import PostgresJobs
@@ -34,10 +44,10 @@ class PostgresStorage:
 
     def __init__(self, db: PgEngine) -> None:
         self.db = db
-        self.sessions = PostgresSessions(db)
-        self.rag = PostgresRag(db)
-        self.library = PostgresLibrary(db)
-        self.jobs = PostgresJobs(db)
+        self.sessions: SessionStore = PostgresSessions(db)
+        self.rag: RagStore = PostgresRag(db)
+        self.library: LibraryStore = PostgresLibrary(db)
+        self.jobs: JobStore = PostgresJobs(db)
         self.migrations_applied: list[str] = []
 
     @classmethod

@@ -245,3 +245,10 @@ async def test_backup_is_left_to_postgres_tools(pg_storage: PostgresStorage) -> 
         await pg_storage.backup("/tmp")
     assert caught.value.status == 501
     assert await pg_storage.schema_version() is not None and pg_storage.engine == "postgres"
+
+
+async def test_postgres_storage_is_a_storage(pg_storage: PostgresStorage) -> None:
+    from service.storage.base import Storage
+
+    storage: Storage = pg_storage  # mypy checks the whole interface structurally
+    assert storage.engine == "postgres" and storage.migrations_applied == []
