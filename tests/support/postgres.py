@@ -34,9 +34,8 @@ PACKAGE = "postgresql"  # Debian's package with the server binaries
 TEMPLATE_DB = "migrated_template"
 
 
-def find_bindir() -> Path | None:
+def find_bindir(root: Path = Path("/usr/lib/postgresql")) -> Path | None:
     """The newest installed server's bin directory (not /usr/local/bin's wrappers: the real binaries)."""
-    root = Path("/usr/lib/postgresql")
     if not root.is_dir():
         return None
     found = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file() and (d / "bin" / "pg_ctl").is_file()]
@@ -119,16 +118,22 @@ class PostgresServer:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def require_bindir(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The server binaries, or a skip (a failure under CI=true) naming the package that provides them."""
     try:
         import asyncpg  # noqa: F401 - only whether it is installed
     except ImportError:
         unavailable("asyncpg is not installed (pip install '.[postgres]')")
-    bindir = find_bindir()
+    bindir = find_bindir(root)
     if bindir is None:
-        unavailable(f"no PostgreSQL server binaries under /usr/lib/postgresql: install Debian's {PACKAGE!r} package")
+        unavailable(f"no PostgreSQL server binaries under {root}: install Debian's {PACKAGE!r} package")
         raise AssertionError("unreachable")
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = require_bindir()
     root = Path(tempfile.mkdtemp(prefix="pgtest-"))
     server = PostgresServer(bindir, root)
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
+from pathlib import Path
 
-from support.postgres import PostgresServer
+import asyncpg
+import pytest
+
+from support.postgres import PostgresServer, require_bindir
 
 
 async def test_each_test_gets_an_empty_database_of_its_own(postgres_server: PostgresServer, pg_empty_dsn: str) -> None:
@@ -17,3 +20,19 @@ async def test_each_test_gets_an_empty_database_of_its_own(postgres_server: Post
         assert str(await conn.fetchval("SHOW port")) == str(postgres_server.port)
     finally:
         await conn.close()
+
+
+def test_missing_binaries_skip_locally_and_fail_under_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="install Debian's 'postgresql' package"):
+        require_bindir(tmp_path / "nowhere")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="postgresql"):
+        require_bindir(tmp_path / "nowhere")
+    (tmp_path / "15" / "bin").mkdir(parents=True)
+    for name in ("initdb", "pg_ctl"):
+        (tmp_path / "15" / "bin" / name).touch()
+    (tmp_path / "9" / "bin").mkdir(parents=True)
+    for name in ("initdb", "pg_ctl"):
+        (tmp_path / "9" / "bin" / name).touch()
+    assert require_bindir(tmp_path) == tmp_path / "15" / "bin"  # the newest version, by number
