@@ -3,13 +3,15 @@
 The same tables, CHECKs and indexes as SQLite's (``service/db/ddl.py``, at its current version), by PostgreSQL's
 means: ``jsonb`` for metadata, event data and job results (so a CHECK need not ask whether the text is JSON),
 ``bigint`` identity ids, and the keyset order ``(start_time DESC, session_id)`` in the listing indexes so a page
-is an index range. A step's statements are history: once released they never change (a new step is appended in
-``migrations.py``). The CHECKs spell ``service.sessions.domain``'s values; the tests assert they agree.
+is an index range. ``session_id`` compares bytewise (``COLLATE "C"``), as in SQLite, whatever the database's
+locale: the keyset order of ties is the same on both engines (and cheaper to compare). A step's statements are
+history: once released they never change (a new step is appended in ``migrations.py``). The CHECKs spell
+``service.sessions.domain``'s values; the tests assert they agree.
 """
 
 SESSIONS_DDL = """
 CREATE TABLE sessions (
-    session_id    text PRIMARY KEY,
+    session_id    text COLLATE "C" PRIMARY KEY,
     user_id       text NOT NULL,
     start_time    bigint NOT NULL,
     end_time      bigint,
@@ -31,7 +33,7 @@ CREATE TABLE sessions (
 EVENTS_DDL = """
 CREATE TABLE session_events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    session_id text NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
+    session_id text COLLATE "C" NOT NULL REFERENCES sessions (session_id) ON DELETE CASCADE,
     event_type text NOT NULL CHECK (length(event_type) BETWEEN 1 AND 64),
     timestamp  bigint NOT NULL,
     event_data jsonb

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -167,7 +167,3 @@ class Engine:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
-
-    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
-        async with self.unit("write") as conn:
-            await conn.executemany(sql, args)

@@ -252,3 +252,23 @@ async def test_postgres_storage_is_a_storage(pg_storage: PostgresStorage) -> Non
 
     storage: Storage = pg_storage  # mypy checks the whole interface structurally
     assert storage.engine == "postgres" and storage.migrations_applied == []
+
+
+async def test_ties_on_start_time_order_by_session_id_bytewise(pg_storage: PostgresStorage) -> None:
+    """As SQLite orders them (binary), whatever the database's locale: ``session_id`` is ``COLLATE "C"``."""
+    ids = ["b", "B", "_a", "a", "é", "Z9"]
+    async with pg_storage.db.unit("write") as conn:
+        await conn.executemany(
+            "INSERT INTO sessions (session_id, user_id, start_time, start_state, current_state, status, "
+            "created_at, updated_at) VALUES ($1, 'u', 1000, 0, 0, 'ACTIVE', 1000, 1000)",
+            [(i,) for i in ids],
+        )
+    walked: list[str] = []
+    after: tuple[int, str] | None = None
+    while True:
+        page = await pg_storage.sessions.list(ADMIN, ListQuery(limit=2), after=after)
+        walked.extend(s["session_id"] for s in json.loads(page.sessions_json))
+        if page.next_key is None:
+            break
+        after = page.next_key
+    assert walked == sorted(ids)  # code point order, SQLite's BINARY collation
