@@ -272,3 +272,18 @@ async def test_ties_on_start_time_order_by_session_id_bytewise(pg_storage: Postg
             break
         after = page.next_key
     assert walked == sorted(ids)  # code point order, SQLite's BINARY collation
+
+
+async def test_concurrent_patches_and_counter_adds_lose_nothing(pg_storage: PostgresStorage) -> None:
+    store = pg_storage.sessions
+    sid = await create(store, TEACHER)
+    await asyncio.gather(
+        *(
+            store.patch(TEACHER, sid, SessionPatch(metadata={f"k{i}": i}), max_metadata_bytes=MAX_META)
+            for i in range(20)
+        ),
+        *(pg_storage.rag.record(sid, "RAG_QUERY", {"n": i}, add={"query_count": 1}) for i in range(20)),
+    )
+    got = await doc(store, TEACHER, sid)
+    assert got["metadata"] == {f"k{i}": i for i in range(20)}
+    assert got["query_count"] == 20
