@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck check bench soak container-test clean lock wrk nginx
+.PHONY: run test lint typecheck check bench soak container-test clean lock wrk nginx postgres
 
 # Exact, hash-checked versions from the lock files (requirements/*.txt); the project itself on top, without deps.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -37,7 +37,16 @@ nginx:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null; \
 	} || echo "nginx could not be installed: the load-balancer tests skip (and fail under CI=true)"
 
-test: $(STAMP) wrk nginx
+# PostgreSQL's server binaries (Debian's package; the tests start their own server from
+# /usr/lib/postgresql/<version>/bin): installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	} || echo "postgresql could not be installed: the PostgreSQL tests skip (and fail under CI=true)"
+
+test: $(STAMP) wrk nginx postgres
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -62,10 +71,11 @@ container-test: $(STAMP)
 	bash docker/smoke-test.sh
 
 # Re-resolve the lock files from pyproject.toml (newest versions allowed by its ranges); commit the result.
+# The image's lock (runtime.txt) holds the postgres extra: one image runs either backend.
 # `make lock UPGRADE=--upgrade-package=NAME` moves one package; without it, versions already locked are kept.
 LOCK := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
 lock: $(STAMP)
-	$(LOCK) $(UPGRADE) -o requirements/runtime.txt
+	$(LOCK) $(UPGRADE) --extra postgres -o requirements/runtime.txt
 	$(LOCK) $(UPGRADE) --all-extras -o requirements/dev.txt
 
 clean:

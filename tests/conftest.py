@@ -20,6 +20,9 @@ from service.app import create_app
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import GatewayFactory, ServerThread, gateway_settings
 
+# postgres_server / pg_dsn / pg_empty_dsn: a real PostgreSQL server for the tests that need one
+pytest_plugins = ["support.postgres"]
+
 
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[ServerThread]:

@@ -1,0 +1,91 @@
+"""SQL building blocks shared by the PostgreSQL stores: numbered parameters, access predicates, row helpers.
+
+Every fragment is fixed text of this module or a ``$n`` placeholder; no value and no client-supplied name is
+ever spelled into SQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from service.auth import Principal
+from service.errors import session_not_found, session_not_open
+from service.sessions.domain import OPEN_STATUSES
+from service.sessions.render import dumps, event_out
+from service.storage.base import Rule
+
+SESSION_COLUMNS = (
+    "session_id, user_id, start_time, end_time, start_state, end_state, current_state, status, metadata, "
+    "created_at, updated_at"
+)
+EVENT_COLUMNS = "id, session_id, event_type, timestamp, event_data"
+OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # constants, spelled into SQL
+
+
+class Params:
+    """Collects values in order and hands out their ``$n`` placeholders."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values: list[Any] = list(values)
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def visible(principal: Principal, p: Params) -> str:
+    """``AND ...`` limiting ``sessions`` rows to those the caller may see (``service/sessions/access.py``)."""
+    if principal.role == "admin":
+        return ""
+    if principal.role == "teacher":
+        return f" AND user_id = {p(principal.id)}"
+    # both terms, literally: they are the predicate of the partial index idx_sessions_active
+    return " AND status = 'ACTIVE' AND end_time IS NULL"
+
+
+def owned(principal: Principal, p: Params) -> str:
+    """``AND ...`` limiting rows to those the caller may change: what an admin or teacher sees; none for students."""
+    if principal.role == "student":
+        return " AND false"
+    return visible(principal, p)
+
+
+def access(principal: Principal, p: Params, rule: Rule) -> str:
+    return visible(principal, p) if rule == "see" else owned(principal, p)
+
+
+async def locked_row(conn: asyncpg.Connection, principal: Principal, session_id: str) -> asyncpg.Record:
+    """The session row, locked (``FOR UPDATE``) until the unit ends, if the caller may change it; 404 otherwise."""
+    p = Params(session_id)
+    row = await conn.fetchrow(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1{owned(principal, p)} FOR UPDATE",  # noqa: S608
+        *p.values,
+    )
+    if row is None:
+        raise session_not_found(session_id)
+    return row
+
+
+def require_open(row: asyncpg.Record) -> None:
+    if row["status"] not in OPEN_STATUSES:
+        raise session_not_open(row["session_id"], row["status"])
+
+
+async def insert_event(
+    conn: asyncpg.Connection, session_id: str, event_type: str, ts: int, data: Any
+) -> dict[str, Any]:
+    """One event; the caller holds the session row's lock, so ids follow commit order within the session."""
+    text = None if data is None else dumps(data)
+    event_id = await conn.fetchval(
+        "INSERT INTO session_events (session_id, event_type, timestamp, event_data) VALUES ($1, $2, $3, $4::jsonb) "
+        "RETURNING id",
+        session_id,
+        event_type,
+        ts,
+        text,
+    )
+    return event_out(
+        {"id": event_id, "session_id": session_id, "event_type": event_type, "timestamp": ts, "event_data": text}
+    )

@@ -1,0 +1,129 @@
+"""``PostgresStorage``: the storage interface on one PostgreSQL database shared by every replica."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from service.sessions.domain import END_STATUSES
+from service.storage.base import (
+    BackupResult,
+    CleanupResult,
+    Engine,
+    JobStore,
+    LibraryStore,
+    NotSupportedByEngine,
+    OpObserver,
+    RagStore,
+    SessionStore,
+)
+from service.storage.postgres import migrations
+from service.storage.postgres.engine import Engine as PgEngine
+from service.storage.postgres.jobs import PostgresJobs
+from service.storage.postgres.library import PostgresLibrary
+from service.storage.postgres.rag import PostgresRag
+from service.storage.postgres.sessions import PostgresSessions
+from service.storage.postgres.sql import OPEN_SQL
+
+
+class PostgresSettings(Protocol):
+    """What ``from_settings`` reads (``service.settings.DatabaseSettings`` has it)."""
+
+    @property
+    def database_url(self) -> object: ...  # a SecretStr
+
+    @property
+    def db_pool_size(self) -> int: ...
+
+    @property
+    def db_pool_timeout_s(self) -> float: ...
+
+
+class PostgresStorage:
+    engine: Engine = "postgres"
+
+    def __init__(self, db: PgEngine) -> None:
+        self.db = db
+        self.sessions: SessionStore = PostgresSessions(db)
+        self.rag: RagStore = PostgresRag(db)
+        self.library: LibraryStore = PostgresLibrary(db)
+        self.jobs: JobStore = PostgresJobs(db)
+        self.migrations_applied: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: PostgresSettings, *, observer: OpObserver | None = None) -> PostgresStorage:
+        url = settings.database_url
+        dsn = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
+        return cls(
+            PgEngine(dsn, pool_size=settings.db_pool_size, pool_timeout_s=settings.db_pool_timeout_s, observer=observer)
+        )
+
+    async def open(self, *, run_migrations: bool = True) -> None:
+        await self.db.open()
+        try:
+            if run_migrations:
+                self.migrations_applied = await migrations.migrate(self.db)
+            else:
+                async with self.db.connection() as conn:
+                    version = await migrations.current_version(conn)
+                if version > migrations.SCHEMA_VERSION:
+                    raise migrations.SchemaTooNew(
+                        f"database schema v{version} is newer than this build (v{migrations.SCHEMA_VERSION})"
+                    )
+        except BaseException:
+            await self.db.close()
+            raise
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def schema_version(self) -> int | None:
+        """None when the server cannot be reached (or no connection frees up in time): not ready."""
+        try:
+            async with self.db.connection() as conn:
+                return await migrations.current_version(conn)
+        except Exception:
+            return None
+
+    async def backup(self, dest_dir: str) -> BackupResult:
+        raise NotSupportedByEngine(
+            "backups of a PostgreSQL database belong to PostgreSQL: use pg_dump, or continuous archiving with "
+            "point-in-time recovery (see the PostgreSQL documentation, 'Backup and Restore')"
+        )
+
+    async def cleanup(self, *, keep_newest: int | None = None, older_than_days: float | None = None) -> CleanupResult:
+        """As ``service/db/maintenance.py``: ended sessions beyond either rule go, with their events; open never."""
+        if keep_newest is None and older_than_days is None:
+            raise ValueError("give keep_newest and/or older_than_days")
+        if keep_newest is not None and keep_newest < 0:
+            raise ValueError("keep_newest must be >= 0")
+        if older_than_days is not None and older_than_days < 0:
+            raise ValueError("older_than_days must be >= 0")
+        async with self.db.unit("write") as conn:
+            doomed: set[str] = set()
+            if older_than_days is not None:
+                cutoff = int(time.time() * 1000 - older_than_days * 86_400_000)
+                rows = await conn.fetch(
+                    "SELECT session_id FROM sessions WHERE status = ANY($1::text[]) AND end_time < $2",
+                    list(END_STATUSES),
+                    cutoff,
+                )
+                doomed.update(r[0] for r in rows)
+            if keep_newest is not None:
+                rows = await conn.fetch(
+                    "SELECT session_id FROM sessions WHERE status = ANY($1::text[]) "
+                    "ORDER BY end_time DESC, session_id OFFSET $2",
+                    list(END_STATUSES),
+                    keep_newest,
+                )
+                doomed.update(r[0] for r in rows)
+            ids = sorted(doomed)
+            if not ids:
+                return CleanupResult(0, 0)
+            events = await conn.fetchval("SELECT count(*) FROM session_events WHERE session_id = ANY($1::text[])", ids)
+            deleted = await conn.fetch(
+                f"DELETE FROM sessions WHERE status NOT IN {OPEN_SQL} AND session_id = ANY($1::text[]) "  # noqa: S608
+                "RETURNING session_id",
+                ids,
+            )
+        return CleanupResult(len(deleted), int(events))

@@ -1,0 +1,219 @@
+"""A real PostgreSQL server for the tests: started once per test session, one fresh database per test.
+
+The server binaries are Debian's (``/usr/lib/postgresql/<version>/bin``, package ``postgresql``; ``make test``
+installs it when missing). ``initdb`` refuses to run as root, so as root the cluster is created and run as the
+``postgres`` OS user. Data directory and unix socket live in one temporary directory; the server listens on a
+free loopback port, with ``fsync=off`` (a test cluster need not survive a power cut). Where the binaries (or
+asyncpg) are missing the PostgreSQL tests skip, except under ``CI=true``, where they fail naming the package.
+
+Fixtures: ``postgres_server`` (the session's server), ``pg_empty_dsn`` (a new, empty database), ``pg_dsn``
+(a new database copied from a migrated template: ``CREATE DATABASE ... TEMPLATE``, cheaper than migrating) and
+``pg_storage`` (a ``PostgresStorage`` opened on it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from service.storage.postgres import PostgresStorage
+
+PACKAGE = "postgresql"  # Debian's package with the server binaries
+TEMPLATE_DB = "migrated_template"
+
+
+def find_bindir(root: Path = Path("/usr/lib/postgresql")) -> Path | None:
+    """The newest installed server's bin directory (not /usr/local/bin's wrappers: the real binaries)."""
+    if not root.is_dir():
+        return None
+    found = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file() and (d / "bin" / "pg_ctl").is_file()]
+    found.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    return found[-1] if found else None
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or fail under CI=true: CI must run these tests, a missing server is a broken environment."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL tests cannot run under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    bindir: Path
+    root: Path
+    port: int = 0
+    user: str | None = None  # the OS user running the server (postgres when the tests run as root)
+    template_ready: bool = False
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "sock"
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def next_name(self) -> str:
+        return f"test_{os.getpid()}_{next(self._names)}"
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            user=self.user,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.socket_dir.mkdir()
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chown(self.socket_dir, entry.pw_uid, entry.pw_gid)
+
+    def start(self) -> None:
+        """Start (or restart) on the same port once one was chosen; pg_ctl -w returns when it accepts connections."""
+        self.port = self.port or _free_port()
+        options = (
+            f"-p {self.port} -h 127.0.0.1 -k {self.socket_dir} -F -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def log(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def require_bindir(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The server binaries, or a skip (a failure under CI=true) naming the package that provides them."""
+    try:
+        import asyncpg  # noqa: F401 - only whether it is installed
+    except ImportError:
+        unavailable("asyncpg is not installed (pip install '.[postgres]')")
+    bindir = find_bindir(root)
+    if bindir is None:
+        unavailable(f"no PostgreSQL server binaries under {root}: install Debian's {PACKAGE!r} package")
+        raise AssertionError("unreachable")
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = require_bindir()
+    root = Path(tempfile.mkdtemp(prefix="pgtest-"))
+    server = PostgresServer(bindir, root)
+    try:
+        server.init()
+        server.start()
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {exc.stderr}\n{server.log()}", pytrace=False)
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        except subprocess.CalledProcessError:
+            pass  # already stopped by a test that stopped it and failed before restarting it
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _create_database(server: PostgresServer, name: str, template: str = "template0") -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(server.dsn())
+    try:
+        # names are ours (test_<pid>_<n>, a constant), never client input
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(server: PostgresServer, name: str) -> None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(server.dsn())
+    except (OSError, asyncpg.PostgresError):
+        return  # the server is down (a test stopped it): the cluster goes with the session anyway
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_empty_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A new empty database (no schema), dropped after the test."""
+    name = postgres_server.next_name()
+    await _create_database(postgres_server, name)
+    yield postgres_server.dsn(name)
+    await _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A new database at the current schema, copied from a template migrated once per session."""
+    from service.storage.postgres.engine import Engine
+    from service.storage.postgres.migrations import migrate
+
+    if not postgres_server.template_ready:
+        await _drop_database(postgres_server, TEMPLATE_DB)
+        await _create_database(postgres_server, TEMPLATE_DB)
+        engine = Engine(postgres_server.dsn(TEMPLATE_DB), pool_size=1, pool_timeout_s=10)
+        await engine.open()
+        try:
+            await migrate(engine)
+        finally:
+            await engine.close()
+        postgres_server.template_ready = True
+    name = postgres_server.next_name()
+    await _create_database(postgres_server, name, TEMPLATE_DB)
+    yield postgres_server.dsn(name)
+    await _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+async def pg_storage(pg_dsn: str) -> AsyncIterator[PostgresStorage]:
+    """An opened ``PostgresStorage`` on the test's migrated database (pool of 4)."""
+    from service.storage.postgres import PostgresStorage
+    from service.storage.postgres.engine import Engine
+
+    store = PostgresStorage(Engine(pg_dsn, pool_size=4, pool_timeout_s=10))
+    await store.open()
+    yield store
+    await store.close()
