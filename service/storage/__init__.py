@@ -31,7 +31,7 @@ def open_storage(settings: DatabaseSettings, *, observer: OpObserver | None = No
     """The configured engine's storage, not opened yet (``await storage.open()``)."""
     if settings.database_url.get_secret_value():
         try:
-            from service.storage import postgres  # type: ignore[attr-defined,unused-ignore]
+            from service.storage import postgres
         except ImportError as exc:
             raise StorageError(f"DATABASE_URL is set but the PostgreSQL engine is not available: {exc}") from exc
         storage: Storage = postgres.PostgresStorage.from_settings(settings, observer=observer)

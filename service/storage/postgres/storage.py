@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+
+import asyncpg
 
 from service.sessions.domain import END_STATUSES
+from service.settings import DatabaseSettings
 from service.storage.base import (
     BackupResult,
     CleanupResult,
@@ -16,6 +18,8 @@ from service.storage.base import (
     OpObserver,
     RagStore,
     SessionStore,
+    StorageError,
+    StorageUnavailable,
 )
 from service.storage.postgres import migrations
 from service.storage.postgres.engine import Engine as PgEngine
@@ -26,21 +30,9 @@ from service.storage.postgres.sessions import PostgresSessions
 from service.storage.postgres.sql import OPEN_SQL
 
 
-class PostgresSettings(Protocol):
-    """What ``from_settings`` reads (``service.settings.DatabaseSettings`` has it)."""
-
-    @property
-    def database_url(self) -> object: ...  # a SecretStr
-
-    @property
-    def db_pool_size(self) -> int: ...
-
-    @property
-    def db_pool_timeout_s(self) -> float: ...
-
-
 class PostgresStorage:
     engine: Engine = "postgres"
+    target_schema_version = migrations.SCHEMA_VERSION
 
     def __init__(self, db: PgEngine) -> None:
         self.db = db
@@ -51,14 +43,22 @@ class PostgresStorage:
         self.migrations_applied: list[str] = []
 
     @classmethod
-    def from_settings(cls, settings: PostgresSettings, *, observer: OpObserver | None = None) -> PostgresStorage:
-        url = settings.database_url
-        dsn = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
+    def from_settings(cls, settings: DatabaseSettings, *, observer: OpObserver | None = None) -> PostgresStorage:
+        dsn = settings.database_url.get_secret_value()
         return cls(
             PgEngine(dsn, pool_size=settings.db_pool_size, pool_timeout_s=settings.db_pool_timeout_s, observer=observer)
         )
 
     async def open(self, *, run_migrations: bool = True) -> None:
+        """As SQLite's: a failure to reach, log in or migrate is a ``StorageError`` (the driver's as its cause; the
+        message never holds the URL), a newer schema ``SchemaTooNew``."""
+        try:
+            await self._open(run_migrations)
+        except (StorageUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, StorageUnavailable) and exc.__cause__ is not None else exc
+            raise StorageError(f"{type(cause).__name__}: {cause}") from exc
+
+    async def _open(self, run_migrations: bool) -> None:
         await self.db.open()
         try:
             if run_migrations:

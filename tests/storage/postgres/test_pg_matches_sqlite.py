@@ -1,7 +1,6 @@
 """The same operations on both engines give the same documents (ids and clocks aside).
 
-The SQLite side is reached through today's functions (``service/sessions/store.py`` on ``service.db.Database``);
-``sqlite_side`` is the one place to repoint when the SQLite engine is reached through ``service.storage`` too.
+Both through the storage interface: ``SqliteStorage`` on a real file, ``PostgresStorage`` on a fresh database.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from typing import Any
 import pytest
 
 from service.auth import Principal
-from service.db import Database
-from service.sessions import store as sqlite_store
 from service.sessions.models import (
     EventCreate,
     EventsQuery,
@@ -26,6 +23,7 @@ from service.sessions.models import (
     StatusUpdate,
 )
 from service.storage.postgres import PostgresStorage
+from service.storage.sqlite import SqliteStorage
 
 TEACHER = Principal(id="teacher-1", role="teacher", username="t1", profile={})
 MAX_META = 65536
@@ -44,14 +42,14 @@ def stable(value: Any) -> Any:
 
 
 @pytest.fixture
-async def sqlite_side(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(str(tmp_path / "compare.db"))
-    await db.open()
-    yield db
-    await db.close()
+async def sqlite_side(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    storage = SqliteStorage.at(str(tmp_path / "compare.db"))
+    await storage.open()
+    yield storage
+    await storage.close()
 
 
-async def test_a_session_lifecycle_answers_alike(pg_storage: PostgresStorage, sqlite_side: Database) -> None:
+async def test_a_session_lifecycle_answers_alike(pg_storage: PostgresStorage, sqlite_side: SqliteStorage) -> None:
     create = SessionCreate(
         name="algebra",
         category="math",
@@ -65,41 +63,41 @@ async def test_a_session_lifecycle_answers_alike(pg_storage: PostgresStorage, sq
     )
     event = EventCreate(event_type="NOTE", event_data={"b": 2, "a": 1}, state=4)
 
-    pg, sqlite_db = pg_storage.sessions, sqlite_side
+    pg, sq = pg_storage.sessions, sqlite_side.sessions
     answers: list[tuple[Any, Any]] = []
     p_created = await pg.create(TEACHER, create, max_metadata_bytes=MAX_META)
-    s_created = await sqlite_store.create_session(sqlite_db, TEACHER, create, max_metadata_bytes=MAX_META)
+    s_created = await sq.create(TEACHER, create, max_metadata_bytes=MAX_META)
     answers.append((p_created, s_created))
     p_id, s_id = p_created["session_id"], s_created["session_id"]
     answers.append(
         (
             await pg.patch(TEACHER, p_id, patch, max_metadata_bytes=MAX_META),
-            await sqlite_store.patch_session(sqlite_db, TEACHER, s_id, patch, max_metadata_bytes=MAX_META),
+            await sq.patch(TEACHER, s_id, patch, max_metadata_bytes=MAX_META),
         )
     )
     answers.append(
         (
             await pg.append_event(TEACHER, p_id, event),
-            await sqlite_store.append_event(sqlite_db, TEACHER, s_id, event),
+            await sq.append_event(TEACHER, s_id, event),
         )
     )
     status = StatusUpdate(status="INACTIVE")
     answers.append(
-        (await pg.set_status(TEACHER, p_id, status), await sqlite_store.set_status(sqlite_db, TEACHER, s_id, status))
+        (await pg.set_status(TEACHER, p_id, status), await sq.set_status(TEACHER, s_id, status))
     )
     answers.append(
         (
             json.loads(await pg.get(TEACHER, p_id, with_events=True)),
-            json.loads(await sqlite_store.get_session(sqlite_db, TEACHER, s_id, with_events=True)),
+            json.loads(await sq.get(TEACHER, s_id, with_events=True)),
         )
     )
     end = SessionEnd(status="CANCELLED", end_state=7)
-    answers.append((await pg.end(TEACHER, p_id, end), await sqlite_store.end_session(sqlite_db, TEACHER, s_id, end)))
+    answers.append((await pg.end(TEACHER, p_id, end), await sq.end(TEACHER, s_id, end)))
     p_events = await pg.list_events(TEACHER, p_id, EventsQuery(), after=0)
-    s_events = await sqlite_store.list_events(sqlite_db, TEACHER, s_id, EventsQuery(), secret="s" * 32)
-    answers.append((p_events.events, s_events["events"]))
-    answers.append((await pg.stats(TEACHER), await sqlite_store.stats(sqlite_db, TEACHER)))
-    answers.append((await pg.delete(TEACHER, p_id), await sqlite_store.delete_session(sqlite_db, TEACHER, s_id)))
+    s_events = await sq.list_events(TEACHER, s_id, EventsQuery(), after=0)
+    answers.append((p_events.events, s_events.events))
+    answers.append((await pg.stats(TEACHER), await sq.stats(TEACHER)))
+    answers.append((await pg.delete(TEACHER, p_id), await sq.delete(TEACHER, s_id)))
 
     for number, (on_pg, on_sqlite) in enumerate(answers):
         assert stable(on_pg) == stable(on_sqlite), f"answer {number} differs"
