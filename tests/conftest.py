@@ -4,6 +4,11 @@
 through ``httpx.ASGITransport``: its lifespan, database and shared downstream client are real, only the socket
 between the test and the gateway is not. ``make_gateway`` starts a real uvicorn server in a thread, for the tests
 that need real connections (slow clients, body streaming and timeouts, disconnects, shedding, shutdown).
+
+Both engines: a module marked ``pytestmark = pytest.mark.engines`` runs each of its gateway tests twice, on SQLite
+(a file under ``tmp_path``) and on PostgreSQL (a fresh database of the session's server, ``support.postgres``);
+``db_engine`` says which. Gateways made in one test share one database, whichever the engine. A test of such a
+module that is about SQLite itself (it opens the file, say) carries ``@pytest.mark.sqlite_only``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,32 @@ from support.servers import GatewayFactory, ServerThread, gateway_settings
 # postgres_server / pg_dsn / pg_empty_dsn: a real PostgreSQL server for the tests that need one
 pytest_plugins = ["support.postgres"]
 
+ENGINES = ("sqlite", "postgres")
+GATEWAY_FIXTURES = {"make_gateway", "make_app_gateway", "gateway", "client"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_engine" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("engines") is not None
+    only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    engines = ENGINES if both and not only_sqlite else ENGINES[:1]
+    metafunc.parametrize("db_engine", engines, indirect=True)
+
+
+@pytest.fixture
+def db_engine(request: pytest.FixtureRequest) -> str:
+    """The engine the test's gateways run on: "sqlite" unless the module runs on both (see above)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def engine_overrides(db_engine: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings that put a gateway on ``db_engine``: nothing for SQLite, a fresh database for PostgreSQL."""
+    if db_engine == "postgres":
+        return {"database_url": request.getfixturevalue("pg_dsn")}
+    return {}
+
 
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[ServerThread]:
@@ -40,13 +71,15 @@ async def reset_devstack(devstack: ServerThread) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path, devstack: ServerThread) -> Iterator[GatewayFactory]:
+def make_gateway(
+    tmp_path: Path, devstack: ServerThread, engine_overrides: dict[str, Any]
+) -> Iterator[GatewayFactory]:
     """Real uvicorn gateways (``downstream=`` injects a client; other keywords override settings)."""
     started: list[ServerThread] = []
 
     def make(**overrides: Any) -> ServerThread:
         downstream = overrides.pop("downstream", None)
-        settings = gateway_settings(tmp_path, devstack.url, **overrides)
+        settings = gateway_settings(tmp_path, devstack.url, **{**engine_overrides, **overrides})
         server = ServerThread(create_app(settings, downstream=downstream)).start()
         started.append(server)
         return server
@@ -57,13 +90,15 @@ def make_gateway(tmp_path: Path, devstack: ServerThread) -> Iterator[GatewayFact
 
 
 @pytest.fixture
-async def make_app_gateway(tmp_path: Path, devstack: ServerThread) -> AsyncIterator[AppGatewayFactory]:
+async def make_app_gateway(
+    tmp_path: Path, devstack: ServerThread, engine_overrides: dict[str, Any]
+) -> AsyncIterator[AppGatewayFactory]:
     """In-process gateways, lifespan started; same keywords as ``make_gateway``. Reach one with ``.client()``."""
     started: list[InProcessServer] = []
 
     async def make(**overrides: Any) -> InProcessServer:
         downstream = overrides.pop("downstream", None)
-        settings = gateway_settings(tmp_path, devstack.url, **overrides)
+        settings = gateway_settings(tmp_path, devstack.url, **{**engine_overrides, **overrides})
         server = await InProcessServer(create_app(settings, downstream=downstream)).start()
         started.append(server)
         return server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -26,8 +27,9 @@ def settings_of(server: ServerThread | InProcessServer) -> Settings:
 
 
 def db_path(server: ServerThread | InProcessServer) -> str:
-    """The database file of a gateway started by ``make_gateway`` or ``make_app_gateway``."""
-    return str(settings_of(server).database_path)
+    """Where the gateway keeps its data: its SQLite file, or its PostgreSQL URL (``sql`` takes either)."""
+    settings = settings_of(server)
+    return settings.database_url.get_secret_value() or str(settings.database_path)
 
 
 def error_of(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -128,8 +130,20 @@ def _query(path: str, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
 
 
 async def sql(path: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on the database file from another connection (off the event loop)."""
-    return await asyncio.to_thread(_query, path, statement, params)
+    """Run one statement on the gateway's database from a connection of its own: the SQLite file (off the event
+    loop), or the PostgreSQL database of a ``postgresql://`` URL (``?`` placeholders become ``$1``, ``$2``...).
+    Portable SQL only (no PRAGMA, no JSON functions): tests that need SQLite's own are ``sqlite_only``."""
+    if not path.startswith("postgresql://"):
+        return await asyncio.to_thread(_query, path, statement, params)
+    import asyncpg
+
+    numbered = iter(range(1, statement.count("?") + 1))
+    conn = await asyncpg.connect(path)
+    try:
+        rows = await conn.fetch(re.sub(r"\?", lambda _: f"${next(numbered)}", statement), *params)
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
 
 
 async def bounded_gather(limit: int, thunks: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:

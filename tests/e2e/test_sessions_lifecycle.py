@@ -7,12 +7,14 @@ import uuid
 from typing import Any, cast
 
 import httpx
+import pytest
 from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
 
-from service.storage.sqlite import migrations
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
 from support.session_view import counters_of
+
+pytestmark = pytest.mark.engines
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -423,11 +425,12 @@ async def test_error_shapes_and_request_id(client: httpx.AsyncClient) -> None:
     assert isinstance(r.json()["error"]["details"], list)
 
 
-async def test_health(client: httpx.AsyncClient) -> None:
+async def test_health(gateway: InProcessServer, client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     r = await client.get("/health/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "database": "ok", "schema_version": migrations.SCHEMA_VERSION}
+    target = gateway.state["ctx"].storage.target_schema_version
+    assert r.json() == {"status": "ready", "database": "ok", "schema_version": target}
 
 
 async def test_openapi_document(client: httpx.AsyncClient) -> None:

@@ -74,7 +74,9 @@ class PostgresServer:
         return self.root / "sock"
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        # a password (ignored: trust) and no TLS, so asyncpg reads neither ~/.pgpass nor certificate files on the
+        # event loop when it connects (blockbuster would fail the test)
+        return f"postgresql://postgres:test@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def next_name(self) -> str:
         return f"test_{os.getpid()}_{next(self._names)}"
