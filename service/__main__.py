@@ -1,4 +1,4 @@
-"""Command line: ``python -m service serve | migrate | backup | cleanup``.
+"""Command line: ``python -m service serve | migrate | backup | cleanup | copy-to-postgres``.
 
 Exit codes: 0 success; 1 a maintenance command failed; 2 a configuration error (nothing was started);
 3 the server could not start (database, HTTP client, address in use); 128 + N stopped by signal N during start-up.
@@ -158,6 +158,23 @@ async def _with_storage(settings: Settings, action: str, args: argparse.Namespac
         await storage.close()
 
 
+async def _copy_to_postgres(settings: Settings) -> dict[str, object]:
+    """Migrate the PostgreSQL target (a fresh database gets the schema), then copy the SQLite file into it."""
+    from service.storage.postgres import PostgresStorage
+    from service.storage.postgres.from_sqlite import copy_sqlite_to_postgres
+    from service.storage.sqlite import migrations as sqlite_migrations
+
+    target = PostgresStorage.from_settings(settings.replace(db_pool_size=1))
+    await target.open(run_migrations=True)
+    await target.close()
+    result = await copy_sqlite_to_postgres(
+        settings.database_path,
+        settings.database_url.get_secret_value(),
+        expected_version=sqlite_migrations.SCHEMA_VERSION,
+    )
+    return {"copied": result.rows, "seconds": round(result.seconds, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="Session & RAG gateway", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = sub.add_parser("cleanup", help="delete ended sessions beyond a retention rule")
     cleanup.add_argument("--keep-newest", type=int, help="keep the N most recently ended sessions")
     cleanup.add_argument("--older-than-days", type=float, help="delete sessions ended more than D days ago")
+    sub.add_parser(
+        "copy-to-postgres",
+        help="copy the SQLite database at DATABASE_PATH into the empty PostgreSQL database at DATABASE_URL",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -180,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("cleanup needs --keep-newest and/or --older-than-days")
     if args.command == "cleanup" and ((args.keep_newest or 0) < 0 or (args.older_than_days or 0) < 0):
         parser.error("--keep-newest and --older-than-days must be >= 0")
+    if args.command == "copy-to-postgres":
+        return _copy_command(settings, parser)
     on_file = not settings.database_url.get_secret_value()  # SQLite: the file must exist
     if args.command in ("backup", "cleanup") and on_file and not Path(settings.database_path).is_file():
         # a mistyped DATABASE_PATH must not "succeed" on a fresh empty database
@@ -191,6 +214,28 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, StorageError, RuntimeError) as exc:  # a locked or unreadable file, a newer schema
         cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
         print(f"{args.command} failed: {type(cause).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_FAILED
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _copy_command(settings: Settings, parser: argparse.ArgumentParser) -> int:
+    if not settings.database_url.get_secret_value():
+        parser.error("copy-to-postgres needs DATABASE_URL (the empty PostgreSQL database to copy into)")
+    if not Path(settings.database_path).is_file():
+        parser.error(f"no database at DATABASE_PATH={settings.database_path!r} (the SQLite file to copy)")
+    from service.storage import StorageError
+    from service.storage.postgres.from_sqlite import CopyRefused
+
+    try:
+        result = asyncio.run(_copy_to_postgres(settings))
+    except CopyRefused as exc:
+        print(f"copy-to-postgres refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, StorageError, RuntimeError, ValueError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+        print(f"copy-to-postgres failed: {type(cause).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_FAILED
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

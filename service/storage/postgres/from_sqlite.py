@@ -21,6 +21,7 @@ import asyncpg
 
 # Parents before children (foreign keys); fixed names, never from a client.
 TABLES = ("sessions", "session_events", "library_files", "ingestion_jobs")
+KEYS = {"sessions": "session_id", "session_events": "id", "library_files": "id", "ingestion_jobs": "job_id"}
 IDENTITY = {"session_events": "id", "library_files": "id"}
 CHUNK_ROWS = 5000
 
@@ -53,7 +54,7 @@ class _Source:
 
     def chunks(self, table: str, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
         cols = ", ".join(f'"{c}"' for c in columns)  # names read from the file's own catalogue, quoted
-        cursor = self.conn.execute(f"SELECT {cols} FROM {table} ORDER BY rowid")  # noqa: S608 - catalogue names
+        cursor = self.conn.execute(f"SELECT {cols} FROM {table} ORDER BY {KEYS[table]}")  # noqa: S608 - catalogue
         while rows := cursor.fetchmany(CHUNK_ROWS):
             yield rows
 
@@ -72,6 +73,15 @@ async def copy_sqlite_to_postgres(sqlite_path: str, dsn: str, *, expected_versio
     """Copy every table of the SQLite database at ``sqlite_path`` (at schema ``expected_version``) into the
     migrated, empty PostgreSQL database at ``dsn``; the rows copied per table."""
     started = time.perf_counter()
+    try:
+        return await _copy_from(sqlite_path, dsn, expected_version, started)
+    except asyncpg.PostgresError as exc:  # a row PostgreSQL refuses (say, a NUL in legacy JSON): nothing was kept
+        raise RuntimeError(f"PostgreSQL refused the copy, nothing was written: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise RuntimeError(f"cannot read the SQLite database: {exc}") from exc
+
+
+async def _copy_from(sqlite_path: str, dsn: str, expected_version: int, started: float) -> CopyResult:
     source = await asyncio.to_thread(_Source, sqlite_path)
     try:
         version = await asyncio.to_thread(source.version)
