@@ -35,7 +35,8 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 EPILOG = (
     "exit codes: 0 ok; 1 a maintenance command failed; 2 configuration error (bad environment variable); "
-    "3 the server could not start; 128+N stopped by signal N during start-up"
+    "3 the server could not start (or, with WORKERS > 1, one of its workers); 128+N stopped by signal N during "
+    "start-up (WORKERS > 1: or by a second signal while draining)"
 )
 
 log = logging.getLogger("service")

@@ -108,6 +108,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.stop_deadline: float | None = None
         self.exit_code = 0
+        self.failure: str | None = None
         self.metrics_dir = tempfile.mkdtemp(prefix="service-metrics-")
         # Workers hold the read end; it reads EOF once this process is gone, however it went.
         self.alive_r, self.alive_w = os.pipe()
@@ -152,12 +153,14 @@ class Supervisor:
                     log.info("worker %d (pid %d) stopped: %s", slot, worker.pid, describe_exit(code))
                 continue
             if code in (EXIT_STARTUP, EXIT_CONFIG):
-                log.critical(
-                    "start-up failed: worker %d (pid %d) could not start (%s, see above); stopping every worker",
+                log.error(
+                    "worker %d (pid %d) could not start (%s): stopping every worker",
                     slot,
                     worker.pid,
                     describe_exit(code),
                 )
+                # the last line, once every worker is stopped (they log their own start-up or drain lines)
+                self.failure = f"start-up failed: worker {slot} (pid {worker.pid}) could not start ({describe_exit(code)}, see above)"
                 self.exit_code = code
                 self._begin_stop(signal.SIGTERM)
                 continue
@@ -230,6 +233,8 @@ class Supervisor:
             now = time.monotonic()
             if self.stop_deadline is not None:
                 if not self.workers:
+                    if self.failure is not None:
+                        log.critical("%s", self.failure)
                     return self.exit_code
                 if now >= self.stop_deadline:
                     pids = ", ".join(str(w.pid) for w in self.workers.values())

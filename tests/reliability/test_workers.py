@@ -1,0 +1,480 @@
+"""``WORKERS=2``: real supervisor and worker processes (``python -m service serve``) on one port and one SQLite file.
+
+Which worker served a request is read from the kernel, not from the service: the client's end of the connection
+gives its local port, ``/proc/net/tcp`` the inode of the server's end, and the worker holding that inode in its fd
+table is the one that accepted it. Everything runs on 127.0.0.1, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from reliability_kit import (
+    TRANSPORT_ERRORS,
+    ChildProcess,
+    GatewayProcess,
+    eventually,
+    free_port,
+    integrity,
+    on_db,
+    wal_bytes,
+)
+
+from devstack.app import create_app as create_devstack
+from devstack.settings import DevstackSettings
+from service.db.migrations import SCHEMA_VERSION
+from support.servers import ServerThread
+
+TEACHER = {"Authorization": "Bearer dev-teacher-token"}
+SECRET = "workers-test-cursor-secret-0123456789"
+FORBIDDEN = ("Traceback", "ResourceWarning", "Event loop is closed", "Task was destroyed", "Unclosed")
+SHUTDOWN_TIMEOUT_S = 8
+EXIT_WITHIN_S = 20.0
+
+
+# -- which process holds a connection ---------------------------------------------------------------------------
+def worker_pids(supervisor: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
+    except FileNotFoundError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def _server_inode(port: int, client_port: int) -> int | None:
+    """The inode of the server's end of the connection from ``client_port`` to ``port`` (IPv4 loopback)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port and inode:
+            return inode
+    return None
+
+
+def _holder(inode: int, pids: set[int]) -> int | None:
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                if Path(fd).readlink().as_posix() == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def served_by(response: httpx.Response, gw: GatewayProcess) -> int | None:
+    """The worker pid holding the (still open, keep-alive) connection ``response`` came on."""
+    stream: Any = response.extensions["network_stream"]
+    client_port = stream.get_extra_info("client_addr")[1]
+    inode = _server_inode(gw.port, client_port)
+    return None if inode is None else _holder(inode, worker_pids(gw.pid))
+
+
+def connections_per_worker(gw: GatewayProcess) -> Counter[int]:
+    """Established connections to the gateway's port, by the worker holding them."""
+    pids = worker_pids(gw.pid)
+    inodes = {
+        int(f[9])
+        for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if int(f[1].split(":")[1], 16) == gw.port and f[3] == "01"  # ESTABLISHED, the server's end
+    }
+    held: Counter[int] = Counter()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                link = Path(fd).readlink().as_posix()
+            except OSError:
+                continue
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                held[pid] += 1
+    return held
+
+
+def lag_pids(metrics: str) -> set[int]:
+    return {int(m) for m in re.findall(r'^event_loop_lag_seconds\{pid="(\d+)"\}', metrics, re.MULTILINE)}
+
+
+def metrics_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("service-metrics-*"))
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------
+def workers_gateway(tmp: Path, downstream: str, *, name: str = "gateway", **settings: Any) -> GatewayProcess:
+    values: dict[str, Any] = {"workers": 2, "cursor_secret": SECRET, "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S}
+    gw = GatewayProcess(tmp, downstream, name=name, **{**values, **settings})
+    gw.env["TMPDIR"] = str(tmp)  # the supervisor's metrics directory lands here, where a test can look for it
+    return gw
+
+
+@pytest.fixture
+def own_devstack() -> Iterator[ServerThread]:
+    """A reference downstream of our own, so its knobs (latency) never touch the shared one."""
+    server = ServerThread(create_devstack(DevstackSettings(seed=11))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, devstack: ServerThread) -> AsyncIterator[GatewayProcess]:
+    proc = workers_gateway(tmp_path, devstack.url)
+    try:
+        await proc.start()
+        await eventually(lambda: len(worker_pids(proc.pid)) == 2, 20, "two workers never appeared")
+        yield proc
+    finally:
+        proc.close()
+
+
+async def new_session(client: httpx.AsyncClient, name: str = "w") -> str:
+    r = await client.post("/sessions", json={"name": name}, headers=TEACHER)
+    assert r.status_code == 201, r.text
+    sid: str = r.json()["session_id"]
+    return sid
+
+
+async def all_workers_ready(gw: GatewayProcess) -> None:
+    """Every worker answers: until the lag series of both appear in /metrics (each worker writes its own)."""
+
+    async def both() -> bool:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+            return len(lag_pids((await c.get("/metrics")).text) & worker_pids(gw.pid)) == 2
+
+    await eventually(both, 30, "not every worker reported its loop lag")
+
+
+# -- both workers serve ---------------------------------------------------------------------------------------------
+async def test_requests_on_new_connections_are_served_by_both_workers(gw: GatewayProcess) -> None:
+    await all_workers_ready(gw)
+    pids = worker_pids(gw.pid)
+    seen: Counter[int | None] = Counter()
+    for _ in range(200):  # bounded; each connection is accepted by whichever worker takes it
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+            r = await c.get("/health")
+            assert r.status_code == 200
+            seen[served_by(r, gw)] += 1
+        if set(seen) >= pids:
+            break
+    assert set(seen) == pids, f"served by {dict(seen)}, workers {pids}"
+    async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+        metrics = (await c.get("/metrics")).text
+    assert lag_pids(metrics) == pids, metrics
+    assert len(re.findall(r"^http_requests_in_flight ", metrics, re.MULTILINE)) == 1  # one, summed series
+    served = sum(
+        float(m)
+        for m in re.findall(r'^http_requests_total\{method="GET",route="/health",status="200"\} (\S+)', metrics, re.M)
+    )
+    assert served == sum(seen.values()), metrics  # the whole service's count, whichever worker rendered it
+    print(f"\n/health on new connections, by worker: {dict(seen)}")
+
+
+async def test_concurrent_appends_are_all_there_with_unique_ids(gw: GatewayProcess) -> None:
+    """400 appends over 16 connections to 8 sessions: every acknowledged event stored once, ids unique."""
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits) as client:
+        sids = [await new_session(client, f"s{n}") for n in range(8)]
+        ids: list[int] = []
+
+        async def append(n: int) -> None:
+            body = {"event_type": "NOTE", "event_data": {"n": n}}
+            r = await client.post(f"/sessions/{sids[n % 8]}/events", json=body, headers=TEACHER)
+            assert r.status_code == 201, r.text
+            ids.extend(e["id"] for e in r.json()["events"])
+
+        await asyncio.gather(*(append(n) for n in range(400)))
+        held = connections_per_worker(gw)  # the pool's connections, still open
+    assert len(ids) == 400 and len(set(ids)) == 400
+    assert len(held) == 2, f"connections by worker: {dict(held)}"
+
+    def stored(conn: sqlite3.Connection) -> tuple[int, int, list[tuple[str, int]]]:
+        notes = conn.execute("SELECT count(*), count(DISTINCT id) FROM session_events WHERE event_type = 'NOTE'")
+        total, distinct = notes.fetchone()
+        per = conn.execute(
+            "SELECT session_id, count(*) FROM session_events WHERE event_type = 'NOTE' GROUP BY session_id"
+        ).fetchall()
+        return total, distinct, per
+
+    total, distinct, per = await on_db(gw.db_path, stored)
+    assert (total, distinct) == (400, 400)
+    assert sorted(count for _, count in per) == [50] * 8
+    print(f"\n400 appends, connections by worker: {dict(held)}")
+
+
+async def test_a_cursor_walk_across_workers_returns_every_session_once(gw: GatewayProcess) -> None:
+    await all_workers_ready(gw)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        created = {await new_session(client, f"walk{n}") for n in range(23)}
+    pids = worker_pids(gw.pid)
+    page_pids: set[int | None] = set()
+    for _ in range(20):  # walks until pages were served by both workers (each page on a new connection)
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": "4", **({"cursor": cursor} if cursor else {})}
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as c:
+                r = await c.get("/sessions", params=params, headers=TEACHER)
+                assert r.status_code == 200, r.text
+                page_pids.add(served_by(r, gw))
+            seen += [s["session_id"] for s in r.json()]
+            cursor = r.headers.get("x-next-cursor")
+            if not cursor:
+                break
+        assert len(seen) == len(set(seen)) and set(seen) >= created, (len(seen), len(created))
+        if page_pids >= pids:
+            break
+    assert page_pids == pids, f"pages served by {page_pids}, workers {pids}"
+
+
+# -- a worker dies -----------------------------------------------------------------------------------------------
+async def test_a_worker_killed_under_load_is_replaced_and_every_acknowledged_write_is_there(
+    gw: GatewayProcess,
+) -> None:
+    await all_workers_ready(gw)
+    before = worker_pids(gw.pid)
+    victim = min(before)
+    acked: list[int] = []
+    statuses: Counter[int | str] = Counter()
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=15, limits=limits) as client:
+        sids = [await new_session(client, f"k{n}") for n in range(8)]
+        stop = asyncio.Event()
+
+        async def writer(n: int) -> None:
+            i = 0
+            while not stop.is_set() and i < 150:  # bounded
+                i += 1
+                try:
+                    r = await client.post(
+                        f"/sessions/{sids[n % 8]}/events",
+                        json={"event_type": "NOTE", "event_data": {"i": i}},
+                        headers=TEACHER,
+                    )
+                except TRANSPORT_ERRORS as exc:  # the connections the killed worker had accepted
+                    statuses[type(exc).__name__] += 1
+                    continue
+                statuses[r.status_code] += 1
+                if r.status_code == 201:
+                    acked.extend(e["id"] for e in r.json()["events"])
+
+        tasks = [asyncio.create_task(writer(n)) for n in range(16)]
+        await eventually(lambda: len(acked) >= 200, 30, "the load never got going")
+        assert len(connections_per_worker(gw)) == 2  # both workers were taking the load
+        killed_at = len(acked)
+
+        os.kill(victim, signal.SIGKILL)
+        await eventually(lambda: len(acked) >= killed_at + 200, 30, "writes did not go on after the kill")
+        stop.set()
+        await asyncio.gather(*tasks)
+    after: set[int] = set()
+
+    def replaced() -> bool:
+        after.update(worker_pids(gw.pid))
+        return len(worker_pids(gw.pid)) == 2 and victim not in worker_pids(gw.pid)
+
+    await eventually(replaced, 20, "the killed worker was not replaced")
+    assert gw.running
+    assert set(statuses) <= {201, "ReadError", "RemoteProtocolError", "ConnectError", "WriteError"}, statuses
+    stored = set(await on_db(gw.db_path, lambda c: [r[0] for r in c.execute("SELECT id FROM session_events")]))
+    assert set(acked) <= stored, f"{len(set(acked) - stored)} acknowledged events missing"
+    checks, orphans = await on_db(gw.db_path, integrity)
+    assert checks == ["ok"] and orphans == []
+    assert f"(pid {victim}) died (killed by SIGKILL); starting a replacement" in gw.log_text()
+    # the new worker serves, and /metrics forgets the dead one's live gauges
+    now = worker_pids(gw.pid)
+
+    async def lag_of_the_living() -> bool:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+            return lag_pids((await c.get("/metrics")).text) == now
+
+    await eventually(lag_of_the_living, 20, "/metrics still shows the dead worker, or not the new one")
+    print(f"\nkill under load: {dict(statuses)}; {len(acked)} acknowledged, all stored; workers {before} -> {now}")
+
+
+async def test_sigterm_drains_both_workers_and_exits_zero(tmp_path: Path, own_devstack: ServerThread) -> None:
+    """Slow RAG queries in flight on both workers: each answered 200, then exit 0, WAL checkpointed."""
+    gw = workers_gateway(tmp_path, own_devstack.url, auth_cache_ttl_s=600, log_level="info")
+    try:
+        await gw.start()
+        await all_workers_ready(gw)
+        pids = worker_pids(gw.pid)
+        async with httpx.AsyncClient(base_url=own_devstack.url) as c:
+            r = await c.post("/_control", json={"latency_ms": 1500, "fault_paths": ["/query"]})
+            r.raise_for_status()
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits) as client:
+            sid = await new_session(client, "drain")
+            queries = [
+                asyncio.create_task(client.post("/rag/query", json={"session_id": sid, "query": "q"}, headers=TEACHER))
+                for _ in range(24)
+            ]
+            await eventually(lambda: sum(connections_per_worker(gw).values()) >= 24, 20, "queries not under way")
+            held = connections_per_worker(gw)
+            await asyncio.sleep(0.3)
+            gw.signal(signal.SIGTERM)
+            code = await gw.wait_exit(SHUTDOWN_TIMEOUT_S + 15)
+            answers = await asyncio.gather(*queries, return_exceptions=True)
+    finally:
+        gw.close()
+    assert code == 0, gw.log_text()[-3000:]
+    assert set(held) == pids, f"in flight by worker: {dict(held)}"  # the drain had work on both
+    assert [a.status_code for a in answers if isinstance(a, httpx.Response)] == [200] * 24, answers
+    assert not any(_alive(pid) for pid in pids)
+    assert wal_bytes(gw.db_path) == 0
+    assert metrics_dirs(tmp_path) == []
+    log = gw.log_text()
+    assert log.count("shutdown complete: http client closed") == 2, log[-3000:]
+    for needle in FORBIDDEN:
+        assert needle not in log, log[-3000:]
+
+
+# -- the migration runs once -----------------------------------------------------------------------------------------
+async def test_many_workers_on_a_fresh_file_migrate_it_once(tmp_path: Path, devstack: ServerThread) -> None:
+    gw = workers_gateway(tmp_path, devstack.url, workers=4, log_level="info", access_log="false")
+    try:
+        await gw.start()
+        await eventually(lambda: len(worker_pids(gw.pid)) == 4, 20, "four workers never appeared")
+        async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+            assert (await new_session(c)) is not None
+    finally:
+        gw.signal(signal.SIGTERM)
+        code = await gw.wait_exit(EXIT_WITHIN_S)
+        gw.close()
+    assert code == 0
+    log = gw.log_text()
+    for step in range(1, SCHEMA_VERSION + 1):
+        assert log.count(f"applied schema migration v{step}") == 1, log
+    assert await on_db(gw.db_path, lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+
+
+async def test_several_supervisors_at_once_on_one_fresh_file(tmp_path: Path, devstack: ServerThread) -> None:
+    shared = tmp_path / "shared.db"
+    gws = [workers_gateway(tmp_path, devstack.url, name=f"gw{n}", log_level="info") for n in range(3)]
+    for g in gws:
+        g.env["DATABASE_PATH"] = str(shared)
+        g.db_path = shared
+    try:
+        for g in gws:
+            g.spawn("serve")  # together, before any has migrated
+        await asyncio.gather(*(g.wait_http(f"{g.url}/health/ready", 60) for g in gws))
+        async with httpx.AsyncClient(timeout=10) as c:
+            for g in gws:
+                r = await c.post(f"{g.url}/sessions", json={"name": "race"}, headers=TEACHER)
+                assert r.status_code == 201, r.text
+    finally:
+        for g in gws:
+            g.signal(signal.SIGTERM)
+        codes = [await g.wait_exit(EXIT_WITHIN_S) for g in gws]
+        for g in gws:
+            g.close()
+    logs = "".join(g.log_text() for g in gws)
+    assert codes == [0, 0, 0], logs[-3000:]
+    assert "already exists" not in logs
+    for step in range(1, SCHEMA_VERSION + 1):
+        assert logs.count(f"applied schema migration v{step}") == 1, logs[-3000:]
+    sessions = await on_db(shared, lambda c: c.execute("SELECT count(*) FROM sessions").fetchone()[0])
+    assert sessions == 3
+
+
+# -- failures that stop everything -------------------------------------------------------------------------------
+async def run_to_exit(proc: ChildProcess, *args: str) -> int:
+    proc.spawn(*args)
+    return await proc.wait_exit(EXIT_WITHIN_S)
+
+
+async def test_a_worker_that_cannot_start_stops_the_service_with_exit_3(tmp_path: Path) -> None:
+    """The CA bundle is no certificate: every worker fails to build its client; the supervisor exits 3."""
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    gw = workers_gateway(tmp_path, "http://127.0.0.1:9")
+    gw.env["SSL_CERT_FILE"] = str(bundle)
+    try:
+        code = await run_to_exit(gw, "serve")
+    finally:
+        gw.close()
+    log = gw.log_text()
+    assert code == 3, log
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert "start-up failed: worker" in lines[-1] and "could not start (exit 3, see above)" in lines[-1], log
+    assert "start-up failed: cannot build the downstream HTTP client" in log
+    assert log.count("starting a replacement") == 0  # not restarted forever
+    assert "Traceback" not in log
+    assert metrics_dirs(tmp_path) == []
+    assert wal_bytes(gw.db_path) == 0  # migrated by the supervisor, closed cleanly
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [({"WORKERS": "2"}, "WORKERS=2"), ({"DATABASE_URL": "postgresql://u:pw@127.0.0.1:9/db"}, "DATABASE_URL")],
+)
+async def test_several_processes_without_cursor_secret_exit_2(
+    tmp_path: Path, settings: dict[str, str], named: str
+) -> None:
+    gw = GatewayProcess(tmp_path, "http://127.0.0.1:9")
+    gw.env.update(settings)
+    try:
+        code = await run_to_exit(gw, "serve")
+    finally:
+        gw.close()
+    lines = [line for line in gw.log_text().splitlines() if line.strip()]
+    assert code == 2, gw.log_text()
+    assert len(lines) == 1 and lines[0].startswith(f"configuration error: CURSOR_SECRET is required with {named}")
+    assert "pw@" not in lines[0]
+    assert not gw.db_path.exists()
+
+
+async def test_the_port_in_use_exits_3_before_any_worker_starts(tmp_path: Path) -> None:
+    gw = workers_gateway(tmp_path, "http://127.0.0.1:9")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", gw.port))
+        taken.listen()
+        try:
+            code = await run_to_exit(gw, "serve")
+        finally:
+            gw.close()
+    lines = [line for line in gw.log_text().splitlines() if line.strip()]
+    assert code == 3, gw.log_text()
+    assert f"start-up failed: cannot listen on 127.0.0.1:{gw.port}" in lines[-1]
+    assert "worker 0 started" not in gw.log_text()
+    assert metrics_dirs(tmp_path) == []
+
+
+async def test_killing_the_supervisor_leaves_no_worker_behind(gw: GatewayProcess) -> None:
+    pids = worker_pids(gw.pid)
+    await gw.kill()  # SIGKILL: no drain by the supervisor
+
+    def gone() -> bool:
+        return not any(_alive(pid) for pid in pids)
+
+    await eventually(gone, 20, "workers outlived their supervisor")
+    with socket.socket() as probe:  # and the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", gw.port))
+    assert free_port() > 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by whoever adopted it, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return "zombie" not in state.lower()
