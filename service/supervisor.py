@@ -160,7 +160,8 @@ class Supervisor:
                     describe_exit(code),
                 )
                 # the last line, once every worker is stopped (they log their own start-up or drain lines)
-                self.failure = f"start-up failed: worker {slot} (pid {worker.pid}) could not start ({describe_exit(code)}, see above)"
+                what = f"worker {slot} (pid {worker.pid}) could not start ({describe_exit(code)}, see above)"
+                self.failure = f"start-up failed: {what}"
                 self.exit_code = code
                 self._begin_stop(signal.SIGTERM)
                 continue
