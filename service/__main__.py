@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "serve":
         if args.listen_fd is not None:
+            if args.supervisor_fd is None or args.metrics_dir is None:
+                parser.error("--listen-fd goes with --supervisor-fd and --metrics-dir (the supervisor's own use)")
             return serve(settings, WorkerArgs(args.listen_fd, args.supervisor_fd, args.metrics_dir))
         return serve_workers(settings) if settings.workers > 1 else serve(settings)
     if args.command == "cleanup" and args.keep_newest is None and args.older_than_days is None:

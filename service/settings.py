@@ -256,14 +256,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     No ``.env`` file: the process environment is the whole configuration, as the container gets it."""
     values = _MappingSource(os.environ if environ is None else environ)()
     settings = Settings(**values)
-    _require_shared_cursor_secret(settings, values)
+    _check_several_processes(settings, values)
     return settings
 
 
-def _require_shared_cursor_secret(settings: Settings, values: Mapping[str, Any]) -> None:
-    """Several processes (workers, replicas) must sign and check cursors with one key: the random default is
-    per process, so a cursor made by one would be refused by the next. Checked here, where "not set" is still
-    visible (``Settings`` fills in the random default, and ``replace`` passes every field)."""
+def _check_several_processes(settings: Settings, values: Mapping[str, Any]) -> None:
+    """What several processes (workers, replicas) need: one database they share (an in-memory one is per process)
+    and one key to sign and check cursors with (the random default is per process, so a cursor made by one would
+    be refused by the next). Checked here, where "not set" is still visible (``Settings`` fills in the random
+    default, and ``replace`` passes every field)."""
+    if settings.workers > 1 and settings.database_path == ":memory:" and not settings.database_url.get_secret_value():
+        raise SettingsError(
+            "WORKERS > 1 needs a database file the workers share: DATABASE_PATH=:memory: is one database per process"
+        )
     if "cursor_secret" in values:
         return
     auto = str(values.get("workers", "")).strip().lower() == "auto"

@@ -141,7 +141,6 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, proc.pid)
 
     def _reap(self) -> None:
-        now = time.monotonic()
         for slot, worker in list(self.workers.items()):
             code = worker.proc.poll()
             if code is None:
@@ -165,18 +164,17 @@ class Supervisor:
                 self.exit_code = code
                 self._begin_stop(signal.SIGTERM)
                 continue
-            self.deaths.append(now)
-            while self.deaths and self.deaths[0] < now - RESTART_WINDOW_S:
-                self.deaths.popleft()
-            delay = restart_delay(len(self.deaths))
-            log.error(
-                "worker %d (pid %d) died (%s); starting a replacement%s",
-                slot,
-                worker.pid,
-                describe_exit(code),
-                f" in {delay:.1f} s ({len(self.deaths)} deaths in {RESTART_WINDOW_S:.0f} s)" if delay else "",
-            )
-            self.pending[slot] = now + delay
+            self._replace_later(slot, f"worker {slot} (pid {worker.pid}) died ({describe_exit(code)})")
+
+    def _replace_later(self, slot: int, what: str) -> None:
+        now = time.monotonic()
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] < now - RESTART_WINDOW_S:
+            self.deaths.popleft()
+        delay = restart_delay(len(self.deaths))
+        when = f" in {delay:.1f} s ({len(self.deaths)} in {RESTART_WINDOW_S:.0f} s)" if delay else ""
+        log.error("%s; starting a replacement%s", what, when)
+        self.pending[slot] = now + delay
 
     def _begin_stop(self, sig: int) -> None:
         self.pending.clear()
@@ -207,7 +205,7 @@ class Supervisor:
         try:
             self._install_signals()
             for slot in range(self.settings.workers):
-                self._spawn(slot)
+                self.pending[slot] = 0.0  # started by the loop (a failure to start one is retried there)
             host, port = self.settings.host, self.settings.port
             log.info("supervisor (pid %d): %d workers on %s:%d", os.getpid(), self.settings.workers, host, port)
             return self._loop()
@@ -245,7 +243,10 @@ class Supervisor:
             for slot, due in list(self.pending.items()):
                 if now >= due:
                     del self.pending[slot]
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:  # out of processes or file descriptors: try again, later
+                        self._replace_later(slot, f"worker {slot} could not be started ({exc})")
             wake = min([*self.pending.values(), now + TICK_S])
             if self.stop_deadline is not None:
                 wake = min(wake, self.stop_deadline)

@@ -124,3 +124,9 @@ def test_restart_delay_grows_and_is_bounded() -> None:
 def test_exits_are_described_by_code_or_signal() -> None:
     assert describe_exit(3) == "exit 3"
     assert describe_exit(-9) == "killed by SIGKILL"
+
+
+def test_several_workers_cannot_share_an_in_memory_database() -> None:
+    with pytest.raises(SettingsError, match="^WORKERS > 1 needs a database file the workers share"):
+        load_settings({"WORKERS": "2", "CURSOR_SECRET": SECRET, "DATABASE_PATH": ":memory:"})
+    assert load_settings({"DATABASE_PATH": ":memory:"}).database_path == ":memory:"
