@@ -309,6 +309,28 @@ async def test_a_worker_killed_under_load_is_replaced_and_every_acknowledged_wri
     print(f"\nkill under load: {dict(statuses)}; {len(acked)} acknowledged, all stored; workers {before} -> {now}")
 
 
+async def replacement_of(gw: GatewayProcess, victim: int, before: set[int]) -> None:
+    def replaced() -> bool:
+        now = worker_pids(gw.pid)
+        return len(now) == 2 and victim not in now and len(now - before) == 1
+
+    await eventually(replaced, 30, f"worker {victim} was not replaced")
+
+
+async def test_workers_that_keep_dying_are_replaced_after_a_growing_delay(gw: GatewayProcess) -> None:
+    """Three deaths within a minute: the first replaced at once, the next after 0.5 s, then 1 s (no spinning)."""
+    for _ in range(3):
+        pids = worker_pids(gw.pid)
+        victim = max(pids)
+        os.kill(victim, signal.SIGKILL)
+        await replacement_of(gw, victim, pids)
+    log = gw.log_text()
+    replacements = re.findall(r"died \(killed by SIGKILL\); starting a replacement(.*)$", log, re.MULTILINE)
+    assert [r.split(" (")[0] for r in replacements] == ["", " in 0.5 s", " in 1.0 s"], log[-3000:]
+    async with httpx.AsyncClient(base_url=gw.url, timeout=5) as c:
+        assert (await c.get("/health/ready")).status_code == 200
+
+
 async def test_sigterm_drains_both_workers_and_exits_zero(tmp_path: Path, own_devstack: ServerThread) -> None:
     """Slow RAG queries in flight on both workers: each answered 200, then exit 0, WAL checkpointed."""
     gw = workers_gateway(tmp_path, own_devstack.url, auth_cache_ttl_s=600, log_level="info")
