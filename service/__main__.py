@@ -200,9 +200,11 @@ def serve_workers(settings: Settings) -> int:
         result = asyncio.run(_with_db(settings, "migrate", argparse.Namespace()))
     except Exception as exc:
         cause = " ".join(str(exc).split()) or type(exc).__name__
-        _exit_now(
-            EXIT_STARTUP, f"start-up failed: cannot open the database DATABASE_PATH={settings.database_path}: {cause}"
+        # the URL carries a password: named, never shown
+        where = (
+            "DATABASE_URL" if settings.database_url.get_secret_value() else f"DATABASE_PATH={settings.database_path}"
         )
+        _exit_now(EXIT_STARTUP, f"start-up failed: cannot open the database {where}: {cause}")
     for line in result["applied"] if isinstance(result["applied"], list) else []:
         log.info("migration: %s", line)
     try:

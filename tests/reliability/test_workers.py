@@ -463,6 +463,21 @@ async def test_several_processes_without_cursor_secret_exit_2(
     assert not gw.db_path.exists()
 
 
+async def test_a_schema_newer_than_this_build_exits_3_before_any_worker_starts(tmp_path: Path) -> None:
+    gw = workers_gateway(tmp_path, "http://127.0.0.1:9")
+    conn = sqlite3.connect(gw.db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    try:
+        code = await run_to_exit(gw, "serve")
+    finally:
+        gw.close()
+    lines = [line for line in gw.log_text().splitlines() if line.strip()]
+    assert code == 3, gw.log_text()
+    assert len(lines) == 1 and "start-up failed: cannot open the database DATABASE_PATH=" in lines[0], lines
+    assert f"v{SCHEMA_VERSION + 1} is newer than this build" in lines[0]
+
+
 async def test_the_port_in_use_exits_3_before_any_worker_starts(tmp_path: Path) -> None:
     gw = workers_gateway(tmp_path, "http://127.0.0.1:9")
     with socket.socket() as taken:
