@@ -387,6 +387,36 @@ async def test_sigterm_drains_both_workers_and_exits_zero(tmp_path: Path, own_de
         assert needle not in log, log[-3000:]
 
 
+async def test_a_second_sigterm_while_draining_kills_the_workers(tmp_path: Path, own_devstack: ServerThread) -> None:
+    """Queries hang downstream, so the drain would take SHUTDOWN_TIMEOUT_S: a second SIGTERM ends it now, 128+15."""
+    gw = workers_gateway(tmp_path, own_devstack.url, log_level="info")
+    try:
+        await gw.start()
+        async with httpx.AsyncClient(base_url=own_devstack.url) as c:
+            r = await c.post("/_control", json={"fault": "hang", "hang_seconds": 60, "fault_paths": ["/query"]})
+            r.raise_for_status()
+        async with pinned_clients(gw, per_worker=2, request_timeout_s=30) as by_worker:
+            pids = set(by_worker)
+            clients = [c for pinned in by_worker.values() for c in pinned]
+            sid = await new_session(clients[0], "hang")
+            queries = [
+                asyncio.create_task(c.post("/rag/query", json={"session_id": sid, "query": "q"}, headers=TEACHER))
+                for c in clients
+            ]
+            await asyncio.sleep(0.5)
+            gw.signal(signal.SIGTERM)
+            await eventually(lambda: "SIGTERM: draining 2 workers" in gw.log_text(), 10, "no drain began")
+            gw.signal(signal.SIGTERM)
+            code = await gw.wait_exit(SHUTDOWN_TIMEOUT_S - 2)  # sooner than the drain would have ended
+            await asyncio.gather(*queries, return_exceptions=True)
+    finally:
+        gw.close()
+    assert code == 128 + signal.SIGTERM, gw.log_text()[-3000:]
+    assert "SIGTERM again: killing 2 workers" in gw.log_text()
+    assert not any(_alive(pid) for pid in pids)
+    assert metrics_dirs(tmp_path) == []
+
+
 # -- the migration runs once -----------------------------------------------------------------------------------------
 async def test_many_workers_on_a_fresh_file_migrate_it_once(tmp_path: Path, devstack: ServerThread) -> None:
     gw = workers_gateway(tmp_path, devstack.url, workers=4, log_level="info", access_log="false")
