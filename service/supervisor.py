@@ -162,7 +162,7 @@ class Supervisor:
                 what = f"worker {slot} (pid {worker.pid}) could not start ({describe_exit(code)}, see above)"
                 self.failure = f"start-up failed: {what}"
                 self.exit_code = code
-                self._begin_stop(signal.SIGTERM)
+                self._begin_stop()
                 continue
             self._replace_later(slot, f"worker {slot} (pid {worker.pid}) died ({describe_exit(code)})")
 
@@ -176,7 +176,7 @@ class Supervisor:
         log.error("%s; starting a replacement%s", what, when)
         self.pending[slot] = now + delay
 
-    def _begin_stop(self, sig: int) -> None:
+    def _begin_stop(self) -> None:
         self.pending.clear()
         self.stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s + DRAIN_MARGIN_S
         for worker in self.workers.values():
@@ -223,7 +223,7 @@ class Supervisor:
                 sig = self.signals.pop(0)
                 if self.stop_deadline is None:
                     log.info("%s: draining %d workers", signal.Signals(sig).name, len(self.workers))
-                    self._begin_stop(sig)
+                    self._begin_stop()
                 else:
                     log.warning("%s again: killing %d workers", signal.Signals(sig).name, len(self.workers))
                     self._kill_all()
