@@ -11,7 +11,8 @@
 # 4. checks the healthcheck, the non-root uid, no compiler / devstack / tests in the image;
 # 5. stops the container (image STOPSIGNAL = SIGTERM) and checks it exits 0 within the stop grace period with the
 #    WAL checkpointed (sessions.db-wal empty or gone);
-# 6. starts a new container on the same volume and reads the session back, stops it cleanly too;
+# 6. starts a new container on the same volume with WORKERS=2, reads the session back, sees both workers in
+#    /metrics, stops it cleanly too (the supervisor drains both);
 # 7. reports build time and image size. Containers, volume and devstack are removed on success and failure.
 #
 # Non-interactive and bounded: every wait has a timeout. Exit codes: 0 pass, 1 fail, 77 no container engine could
@@ -219,13 +220,14 @@ wait_http() {  # wait_http URL TIMEOUT [CONTAINER]  until the URL answers 200
     fail "$url did not answer 200 within $2 s (last status $code: $(head -c 300 "$WORK/body"))"
 }
 
-run_gateway() {  # run_gateway NAME
-    timeout 120 "${E[@]}" run -d --name "$1" "${RUN_FLAGS[@]}" \
+run_gateway() {  # run_gateway NAME [ENGINE RUN OPTIONS...]
+    local name=$1; shift
+    timeout 120 "${E[@]}" run -d --name "$name" "${RUN_FLAGS[@]}" \
         -v "$VOL:/data" \
         -e PORT="$GW_PORT" \
         -e AUTH_SERVICE_URL="$DS_URL" -e RAG_SERVICE_URL="$DS_URL" -e QUESTION_SERVICE_URL="$DS_URL" \
-        -e LOG_LEVEL=info \
-        "$IMAGE" >/dev/null 2>>"$WORK/engine.err" || { cat "$WORK/engine.err"; fail "could not start $1"; }
+        -e LOG_LEVEL=info "$@" \
+        "$IMAGE" >/dev/null 2>>"$WORK/engine.err" || { cat "$WORK/engine.err"; fail "could not start $name"; }
 }
 
 stop_and_check() {  # stop_and_check NAME: SIGTERM (the image's STOPSIGNAL), exit 0 within the grace period
@@ -361,14 +363,22 @@ wal_size=$(awk '$1 == "sessions.db-wal" {print $2}' <<<"$files")
 [[ $db_size != absent && $db_size -gt 0 ]] || fail "no database in the volume after stop"
 [[ $wal_size == absent || $wal_size == 0 ]] || fail "the WAL was not checkpointed on shutdown (sessions.db-wal is $wal_size bytes)"
 
-# ---- restart on the same volume
-log "starting $C2 on the same volume"
-run_gateway "$C2"
+# ---- restart on the same volume, as two workers (the image's CMD is then their supervisor, PID 1)
+log "starting $C2 on the same volume with WORKERS=2"
+run_gateway "$C2" -e WORKERS=2 -e CURSOR_SECRET=smoke-test-cursor-secret-0123456789
 wait_http "$GW/health/ready" "$READY_TIMEOUT" "$C2"
 code=$(http GET "$GW/sessions/$SID")
 [[ $code == 200 ]] || fail "after restart GET /sessions/$SID answered $code: $(head -c 500 "$WORK/body")"
 [[ $(json_get session_id) == "$SID" ]] || fail "after restart the session id differs"
 log "session $SID read back after restart"
+deadline=$((SECONDS + READY_TIMEOUT)); lag_pids=0
+while ((SECONDS < deadline)); do  # every worker reports its own loop lag in the one /metrics
+    [[ $(http GET "$GW/metrics") == 200 ]] && lag_pids=$(grep -c '^event_loop_lag_seconds{pid=' "$WORK/body" || true)
+    [[ $lag_pids == 2 ]] && break
+    sleep 0.5
+done
+[[ $lag_pids == 2 ]] || fail "WORKERS=2: /metrics shows the loop lag of $lag_pids workers, not 2"
+log "WORKERS=2: two workers serve the port"
 stop_and_check "$C2"
 
 # ---- report

@@ -1,7 +1,9 @@
 """Command line: ``python -m service serve | migrate | backup | cleanup | copy-to-postgres``.
 
-Exit codes: 0 success; 1 a maintenance command failed; 2 a configuration error (nothing was started);
-3 the server could not start (database, HTTP client, address in use); 128 + N stopped by signal N during start-up.
+Exit codes: 0 success; 1 a maintenance command failed (or, with WORKERS > 1, a worker had to be killed at the
+end of the grace period); 2 a configuration error (nothing was started); 3 the server could not start (database,
+HTTP client, address in use; with WORKERS > 1 also a worker that could not start); 128 + N stopped by signal N
+during start-up (with WORKERS > 1: or a second signal during the drain, which kills the workers).
 Every failure ends with one line on stderr naming its cause, without a traceback.
 """
 
@@ -15,10 +17,13 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Awaitable
 from pathlib import Path
 from types import FrameType
+from typing import Any, NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +34,8 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 EPILOG = (
     "exit codes: 0 ok; 1 a maintenance command failed; 2 configuration error (bad environment variable); "
-    "3 the server could not start; 128+N stopped by signal N during start-up"
+    "3 the server could not start (or, with WORKERS > 1, one of its workers); 128+N stopped by signal N during "
+    "start-up (WORKERS > 1: or by a second signal while draining)"
 )
 
 log = logging.getLogger("service")
@@ -70,7 +76,7 @@ class StartupReport:
             raise
 
 
-def _exit_now(code: int, line: str) -> None:
+def _exit_now(code: int, line: str) -> NoReturn:
     """Log ``line``, write out the log queue and end the process without waiting for other threads.
 
     Nothing was served yet, so there is nothing to drain: whatever a failed start-up left running (a thread of
@@ -84,14 +90,40 @@ def _exit_now(code: int, line: str) -> None:
     os._exit(code)
 
 
-def serve(settings: Settings) -> int:
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerArgs:
+    """What the supervisor (``service.supervisor``) hands a worker on its command line."""
+
+    listen_fd: int  # the shared listening socket
+    supervisor_fd: int  # read end of a pipe: EOF once the supervisor is gone
+    metrics_dir: str  # the shared PROMETHEUS_MULTIPROC_DIR
+
+
+def _watch_supervisor(fd: int, server: Any) -> None:
+    """Block on the supervisor's pipe (a thread of its own); at EOF the supervisor is gone: stop serving."""
+    while True:
+        try:
+            if not os.read(fd, 64):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    if not server.started:
+        _exit_now(EXIT_STARTUP, "start-up interrupted: the supervisor is gone")
+    log.warning("the supervisor is gone: shutting down")
+    server.should_exit = True
+
+
+def serve(settings: Settings, worker: WorkerArgs | None = None) -> int:
+    """One server process: the whole service (``WORKERS=1``), or one worker of a supervisor (``worker``)."""
     import uvicorn
 
     from service.app import create_app
     from service.logging_setup import configure
 
     configure(settings.log_level, as_json=settings.log_json, access_log=settings.access_log)
-    app = StartupReport(create_app(settings))
+    app = StartupReport(create_app(settings, metrics_dir=worker.metrics_dir if worker else None))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -125,21 +157,60 @@ def serve(settings: Settings) -> int:
     # collection scans only request garbage (bench: event-loop lag spikes of 25-55 ms down to 2-13 ms).
     gc.collect()
     gc.freeze()
+    sockets = None
+    if worker is not None:
+        sockets = [socket.socket(fileno=worker.listen_fd)]
+        watcher = threading.Thread(
+            target=_watch_supervisor, args=(worker.supervisor_fd, server), name="supervisor-watch", daemon=True
+        )
+        watcher.start()
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit:  # uvicorn's way out of a failed start-up (the lifespan, or the address in use)
         if server.started:
             raise
     if not server.started:
         if app.failure is not None:
             cause = " ".join(str(app.failure).split())
-        elif app.started:  # uvicorn logged why it could not listen
+        elif app.started and worker is None:  # uvicorn logged why it could not listen
             cause = f"cannot listen on {settings.host}:{settings.port} (see the error above)"
         else:
             cause = "see the error logged above"
         _exit_now(EXIT_STARTUP, f"start-up failed: {cause}")
     # A clean stop after SIGTERM is a success for the container runtime.
     return 0
+
+
+def serve_workers(settings: Settings) -> int:
+    """``WORKERS`` > 1: migrate once, bind the port, then supervise the workers (``service.supervisor``)."""
+    from service.logging_setup import configure
+    from service.supervisor import Supervisor, listen
+
+    configure(settings.log_level, as_json=settings.log_json, access_log=settings.access_log)
+
+    def interrupted(sig: int, frame: FrameType | None) -> None:
+        _exit_now(128 + sig, f"start-up interrupted by {signal.Signals(sig).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, interrupted)
+    # Exactly what ``migrate`` does, once, before any worker opens the database (the workers then find it current;
+    # the migration also re-reads the version under the write lock, for supervisors started together).
+    try:
+        result = asyncio.run(_with_storage(settings, "migrate", argparse.Namespace()))
+    except Exception as exc:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        # the URL carries a password: named, never shown
+        where = (
+            "DATABASE_URL" if settings.database_url.get_secret_value() else f"DATABASE_PATH={settings.database_path}"
+        )
+        _exit_now(EXIT_STARTUP, f"start-up failed: cannot open the database {where}: {cause}")
+    for line in result["applied"] if isinstance(result["applied"], list) else []:
+        log.info("migration: %s", line)
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        _exit_now(EXIT_STARTUP, f"start-up failed: cannot listen on {settings.host}:{settings.port}: {exc}")
+    return Supervisor(settings, sock).run()
 
 
 async def _with_storage(settings: Settings, action: str, args: argparse.Namespace) -> dict[str, object]:
@@ -178,7 +249,13 @@ async def _copy_to_postgres(settings: Settings) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="Session & RAG gateway", epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP server (HOST, PORT, DATABASE_PATH, ... from the environment)")
+    serve_cmd = sub.add_parser(
+        "serve", help="run the HTTP server (HOST, PORT, DATABASE_PATH, WORKERS, ... from the environment)"
+    )
+    # A worker of ``WORKERS`` > 1, started by the supervisor; not for hand use (hence hidden).
+    serve_cmd.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--metrics-dir", help=argparse.SUPPRESS)
     sub.add_parser("migrate", help="bring the database schema up to date (converts a legacy database)")
     backup = sub.add_parser("backup", help="online backup of the database to a timestamped file")
     backup.add_argument("--dest", help="directory for the backup file (default: BACKUP_DIR)")
@@ -196,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "serve":
-        return serve(settings)
+        if args.listen_fd is not None:
+            if args.supervisor_fd is None or args.metrics_dir is None:
+                parser.error("--listen-fd goes with --supervisor-fd and --metrics-dir (the supervisor's own use)")
+            return serve(settings, WorkerArgs(args.listen_fd, args.supervisor_fd, args.metrics_dir))
+        return serve_workers(settings) if settings.workers > 1 else serve(settings)
     if args.command == "cleanup" and args.keep_newest is None and args.older_than_days is None:
         parser.error("cleanup needs --keep-newest and/or --older-than-days")
     if args.command == "cleanup" and ((args.keep_newest or 0) < 0 or (args.older_than_days or 0) < 0):

@@ -83,10 +83,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal_error", "internal server error")
 
 
-def create_app(settings: Settings | None = None, *, downstream: Downstream | None = None) -> Starlette:
-    """Build the app. ``downstream`` lets tests inject a client with a fault-injecting transport."""
+def create_app(
+    settings: Settings | None = None, *, downstream: Downstream | None = None, metrics_dir: str | None = None
+) -> Starlette:
+    """Build the app. ``downstream`` lets tests inject a client with a fault-injecting transport; ``metrics_dir``
+    is a worker's shared multiprocess metrics directory (``service.supervisor``)."""
     settings = settings or load_settings()
-    metrics = Metrics()
+    metrics = Metrics(metrics_dir)
     endpoints = all_endpoints()
     openapi = build_openapi(endpoints)
 
@@ -158,7 +161,7 @@ def create_app(settings: Settings | None = None, *, downstream: Downstream | Non
             LoadSheddingMiddleware,
             max_in_flight=settings.max_in_flight,
             exempt=("/health", "/metrics"),
-            gauge=metrics.in_flight if settings.metrics_enabled else None,
+            gauge=metrics.in_flight_source if settings.metrics_enabled else None,
         ),
         Middleware(BodySizeLimitMiddleware, limit_for=body_limit),
         Middleware(BodyReadTimeoutMiddleware, timeout_s=settings.body_read_timeout_s),

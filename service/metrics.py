@@ -1,13 +1,23 @@
-"""Prometheus metrics (one registry per app) and the event-loop lag probe."""
+"""Prometheus metrics (one registry per app) and the event-loop lag probe.
+
+Under ``WORKERS`` > 1 every worker writes its values to files in the supervisor's ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode, chosen by that variable when prometheus_client is imported) and
+``/metrics`` renders all of them, whichever worker answers: counters and histograms summed over every worker that
+ever ran (a dead one's requests still happened), the in-flight gauge summed over the live ones, the loop-lag gauges
+one series per live worker (``pid`` label). A callback gauge (``set_function``) is read in the scraping process
+only, so there the in-flight count is copied into the gauge at every lag-probe tick instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import Scope
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -16,12 +26,35 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+class SampledGauge:
+    """Stands in for a gauge's ``set_function`` where callbacks are not collected (multiprocess mode): keeps the
+    function, and ``sample()`` (every lag-probe tick) stores its value in the gauge."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._read: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        self._read = f
+
+    def sample(self) -> None:
+        if self._read is not None:
+            self.gauge.set(self._read())
+
+
 class Metrics:
+    """``multiprocess_dir``: the worker's shared ``PROMETHEUS_MULTIPROC_DIR`` (None: this process alone)."""
+
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.multiprocess_dir = multiprocess_dir
+        self._scraped = r
+        if multiprocess_dir is not None:
+            self._scraped = CollectorRegistry()
+            MultiProcessCollector(self._scraped, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         self.requests = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=r)
         self.latency = Histogram(
             "http_request_duration_seconds",
@@ -30,7 +63,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("http_requests_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge(
+            "http_requests_in_flight", "Requests being served", multiprocess_mode="livesum", registry=r
+        )
+        # What the load-shedding middleware hands its count to (``set_function``).
+        self.in_flight_source: Gauge | SampledGauge = self.in_flight
+        self._sampled: SampledGauge | None = None
+        if multiprocess_dir is not None:
+            self._sampled = self.in_flight_source = SampledGauge(self.in_flight)
         self.downstream = Histogram(
             "downstream_request_duration_seconds",
             "Downstream call latency by service and outcome",
@@ -46,8 +86,12 @@ class Metrics:
             registry=r,
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self.loop_lag = Gauge("event_loop_lag_seconds", "Latest event-loop lag sample", registry=r)
-        self.loop_lag_max = Gauge("event_loop_lag_max_seconds", "Largest event-loop lag seen", registry=r)
+        self.loop_lag = Gauge(
+            "event_loop_lag_seconds", "Latest event-loop lag sample", multiprocess_mode="liveall", registry=r
+        )
+        self.loop_lag_max = Gauge(
+            "event_loop_lag_max_seconds", "Largest event-loop lag seen", multiprocess_mode="liveall", registry=r
+        )
         self.loop_lag_hist = Histogram(
             "event_loop_lag_seconds_distribution", "Event-loop lag samples", buckets=LAG_BUCKETS, registry=r
         )
@@ -72,7 +116,13 @@ class Metrics:
         self.downstream.labels(service, outcome).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._scraped)
+
+    async def export(self) -> bytes:
+        """``render`` for the endpoint: the multiprocess collector reads every worker's files, off the loop."""
+        if self.multiprocess_dir is None:
+            return self.render()
+        return await asyncio.to_thread(self.render)
 
     # -- event-loop lag ------------------------------------------------------------------------------------
     async def probe_loop_lag(self, interval: float) -> None:
@@ -85,6 +135,8 @@ class Metrics:
             lag = max(0.0, loop.time() - expected)
             self.loop_lag.set(lag)
             self.loop_lag_hist.observe(lag)
+            if self._sampled is not None:
+                self._sampled.sample()
             if lag > worst:
                 worst = lag
                 self.loop_lag_max.set(lag)

@@ -65,6 +65,15 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+def _workers(value: object) -> object:
+    # "auto": the CPUs this process may use (affinity and cgroup quota), resolved once, here.
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        from service.cpus import available_cpus
+
+        return available_cpus()
+    return value
+
+
 def _upper(value: object) -> object:
     return value.strip().upper() if isinstance(value, str) else value
 
@@ -97,6 +106,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)]
 Transport = Annotated[Literal["aiohttp", "httpx"], BeforeValidator(_lower)]  # service.downstream.client
+Workers = Annotated[int, Field(ge=1, le=64), BeforeValidator(_workers)]  # 64: service.cpus.MAX_WORKERS
 Synchronous = Annotated[Literal["NORMAL", "FULL", "EXTRA"], BeforeValidator(_upper)]
 _GIB = 1 << 30
 
@@ -130,6 +140,8 @@ class ServerSettings(_Group):
     log_json: Flag = False
     access_log: Flag = True
     shutdown_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 8
+    # Worker processes of ``serve`` on one port (``service.supervisor``); 1 = today's single process, no supervisor.
+    workers: Workers = 1
 
 
 class DatabaseSettings(_Group):
@@ -243,7 +255,32 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     No ``.env`` file: the process environment is the whole configuration, as the container gets it."""
     values = _MappingSource(os.environ if environ is None else environ)()
-    return Settings(**values)
+    settings = Settings(**values)
+    _check_several_processes(settings, values)
+    return settings
+
+
+def _check_several_processes(settings: Settings, values: Mapping[str, Any]) -> None:
+    """What several processes (workers, replicas) need: one database they share (an in-memory one is per process)
+    and one key to sign and check cursors with (the random default is per process, so a cursor made by one would
+    be refused by the next). Checked here, where "not set" is still visible (``Settings`` fills in the random
+    default, and ``replace`` passes every field)."""
+    if settings.workers > 1 and settings.database_path == ":memory:" and not settings.database_url.get_secret_value():
+        raise SettingsError(
+            "WORKERS > 1 needs a database file the workers share: DATABASE_PATH=:memory: is one database per process"
+        )
+    if "cursor_secret" in values:
+        return
+    auto = str(values.get("workers", "")).strip().lower() == "auto"
+    reasons = [
+        *(["WORKERS=auto" if auto else f"WORKERS={settings.workers}"] if auto or settings.workers > 1 else []),
+        *(["DATABASE_URL is set"] if settings.database_url.get_secret_value() else []),
+    ]
+    if reasons:
+        raise SettingsError(
+            f"CURSOR_SECRET is required with {' and '.join(reasons)}: every process must sign pagination cursors "
+            "with the same key (set it to a random string of 16 or more characters)"
+        )
 
 
 # -- one-line errors --------------------------------------------------------------------------------------------
@@ -271,6 +308,8 @@ def _allowed(field: FieldInfo) -> str:
         for m in field.metadata
         if isinstance(m, getattr(annotated_types, attr.capitalize()))
     ]
+    if any(isinstance(m, BeforeValidator) and m.func is _workers for m in field.metadata):
+        return "must be auto or an integer " + " and ".join(bounds)
     if annotation in (int, float):
         kind = "an integer" if annotation is int else "a number"
         return f"must be {kind}" + (" " + " and ".join(bounds) if bounds else "")

@@ -36,7 +36,7 @@ async def ready(call: Call[Any, Any]) -> Response:
 
 
 async def metrics(call: Call[Any, Any]) -> Response:
-    return Response(call.ctx.metrics.render(), media_type=call.ctx.metrics.content_type)
+    return Response(await call.ctx.metrics.export(), media_type=call.ctx.metrics.content_type)
 
 
 ENDPOINTS = [

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
+from collections.abc import Callable
+from typing import Protocol
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_response
+
+
+class CountGauge(Protocol):
+    """A Prometheus gauge, or ``metrics.SampledGauge`` where callbacks are not collected (several workers)."""
+
+    def set_function(self, f: Callable[[], float]) -> None: ...
 
 
 class LoadSheddingMiddleware:
@@ -14,7 +22,7 @@ class LoadSheddingMiddleware:
     observable. ``gauge`` (a Prometheus gauge) reads the count when scraped: nothing to do per request (its
     ``inc``/``dec`` take a lock each, ~3 us a request)."""
 
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, exempt: tuple[str, ...], gauge: Gauge | None) -> None:
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, exempt: tuple[str, ...], gauge: CountGauge | None) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.exempt = exempt
