@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(serving=args.command == "serve")
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -288,10 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("backup", "cleanup") and on_file and not Path(settings.database_path).is_file():
         # a mistyped DATABASE_PATH must not "succeed" on a fresh empty database
         parser.error(f"no database at DATABASE_PATH={settings.database_path!r} (run 'migrate' to create one)")
-    from service.storage import StorageError
+    from service.storage import NotSupportedByEngine, StorageError
 
     try:
         result = asyncio.run(_with_storage(settings, args.command, args))
+    except NotSupportedByEngine as exc:  # backup on PostgreSQL: the message names pg_dump
+        print(f"{args.command} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (OSError, StorageError, RuntimeError) as exc:  # a locked or unreadable file, a newer schema
         cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
         print(f"{args.command} failed: {type(cause).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -250,13 +250,16 @@ class _MappingSource(EnvSettingsSource):
         return {name.lower(): value for name, value in self._environ.items()}
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, *, serving: bool = True) -> Settings:
     """Settings from the environment (``os.environ`` unless given); unrelated variables are ignored.
 
-    No ``.env`` file: the process environment is the whole configuration, as the container gets it."""
+    No ``.env`` file: the process environment is the whole configuration, as the container gets it. ``serving``
+    False (the maintenance commands: ``migrate``, ``copy-to-postgres``, ...) skips what only a server needs: they
+    sign no cursors, so a one-off migration job needs no ``CURSOR_SECRET``."""
     values = _MappingSource(os.environ if environ is None else environ)()
     settings = Settings(**values)
-    _check_several_processes(settings, values)
+    if serving:
+        _check_several_processes(settings, values)
     return settings
 
 

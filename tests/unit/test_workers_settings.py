@@ -113,6 +113,8 @@ def test_several_processes_need_a_cursor_secret(environ: dict[str, str], named: 
     assert "\n" not in message and "u:p" not in message  # one line, no password from the URL
     with_secret = load_settings({**environ, "cursor_secret": SECRET})  # any case, as every variable
     assert with_secret.cursor_secret.get_secret_value() == SECRET
+    # a maintenance command (migrate, copy-to-postgres, cleanup) signs no cursor: a one-off job needs no secret
+    assert load_settings(environ, serving=False).workers >= 1
 
 
 def test_restart_delay_grows_and_is_bounded() -> None:
