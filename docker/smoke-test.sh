@@ -15,6 +15,16 @@
 #    /metrics, stops it cleanly too (the supervisor drains both);
 # 7. reports build time and image size. Containers, volume and devstack are removed on success and failure.
 #
+# With SMOKE_DATABASE_URL=postgresql://... (an empty or migrated database the containers can reach: they run with
+# --network host, so 127.0.0.1 is the host's) steps 3-6 run against PostgreSQL instead (the image is the same):
+#   asyncpg imports in the image; `python -m service migrate` runs as a one-off container (twice: the second finds
+#   the schema current); a replica without CURSOR_SECRET refuses to start (exit 2, naming it); a gateway container
+#   with DATABASE_URL + CURSOR_SECRET gets ready, creates two sessions, keeps nothing in /data, answers 501 on
+#   /admin/backup (pg_dump / PITR), is healthy, stops on SIGTERM with exit 0 in the grace period; a second one with
+#   WORKERS=2 on a fresh volume reads the session back, follows a cursor the first one signed, shows both workers in
+#   /metrics and stops cleanly too. The URL (a password) is handed to the engine through the environment, never on
+#   a command line, and never logged.
+#
 # Non-interactive and bounded: every wait has a timeout. Exit codes: 0 pass, 1 fail, 77 no container engine could
 # be found or installed (the pytest wrapper turns that into a skip, or a failure under CI).
 #
@@ -28,6 +38,7 @@
 #   STOP_GRACE         seconds the engine waits after SIGTERM before SIGKILL (default 10)
 #   MAX_IMAGE_MB       fail if the image is larger (default: no limit; only reported)
 #   KEEP_IMAGE=0       remove the built image at the end (default: keep it, the next build is then incremental)
+#   SMOKE_DATABASE_URL postgresql://user:password@host:port/database: run the PostgreSQL scenario (see above)
 set -Eeuo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -44,7 +55,10 @@ TOKEN="dev-teacher-token"
 
 RUN_ID="smoke-$(date +%s)-$$"
 C1="$RUN_ID-first"; C2="$RUN_ID-second"; CDS="$RUN_ID-devstack"
-VOL="$RUN_ID-data"
+VOL="$RUN_ID-data"; VOL2="$RUN_ID-data2"
+GW_VOL="$VOL"                              # the volume run_gateway mounts on /data
+PG_URL="${SMOKE_DATABASE_URL:-}"
+unset SMOKE_DATABASE_URL DATABASE_URL      # handed to a container only where meant (pg_env below)
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gateway-smoke.XXXXXX")"
 DEVSTACK_PID=""
 
@@ -74,7 +88,7 @@ cleanup() {
     if [[ -n "${ENGINE:-}" ]]; then
         timeout 60 "${E[@]}" rm -f -t 2 "$C1" "$C2" "$CDS" >/dev/null 2>&1 \
             || timeout 60 "${E[@]}" rm -f "$C1" "$C2" "$CDS" >/dev/null 2>&1
-        timeout 60 "${E[@]}" volume rm -f "$VOL" >/dev/null 2>&1
+        timeout 60 "${E[@]}" volume rm -f "$VOL" "$VOL2" >/dev/null 2>&1
         if [[ "${KEEP_IMAGE:-1}" == 0 ]]; then
             timeout 60 "${E[@]}" rmi -f "$IMAGE" "$DEVSTACK_IMAGE" >/dev/null 2>&1
         fi
@@ -181,7 +195,8 @@ pick_base() {
 # ---------------------------------------------------------------------------------------------- helpers
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# http METHOD URL [JSON_BODY] -> writes the body to $WORK/body, prints the status (000 on connection error)
+# http METHOD URL [JSON_BODY] -> writes the body to $WORK/body and the response headers to $WORK/headers, prints
+# the status (000 on connection error). TOKEN=... http ... sends another bearer token.
 http() {
     "$PY" - "$@" "$TOKEN" "$WORK/body" <<'PYEOF'
 import sys, urllib.error, urllib.request
@@ -191,17 +206,20 @@ token, out = sys.argv[-2], sys.argv[-1]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 req = urllib.request.Request(url, data=body, method=method,
                              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+headers = ""
 try:
     with opener.open(req, timeout=10) as r:
-        status, data = r.status, r.read()
+        status, data, headers = r.status, r.read(), str(r.headers)
 except urllib.error.HTTPError as e:
-    status, data = e.code, e.read()
+    status, data, headers = e.code, e.read(), str(e.headers)
 except Exception as e:  # connection refused, reset, timeout
     status, data = 0, repr(e).encode()
 open(out, "wb").write(data)
+open(out.rsplit("/", 1)[0] + "/headers", "w").write(headers)
 print(f"{status:03d}")
 PYEOF
 }
+header_get() { "$PY" -c 'import email, sys; print(email.message_from_file(open(sys.argv[1])).get(sys.argv[2], ""))' "$WORK/headers" "$1"; }
 json_get() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$WORK/body" "$1"; }
 
 running() { [[ "$(timeout 30 "${E[@]}" inspect --format '{{.State.Running}}' "$1" 2>/dev/null)" == true ]]; }
@@ -223,7 +241,7 @@ wait_http() {  # wait_http URL TIMEOUT [CONTAINER]  until the URL answers 200
 run_gateway() {  # run_gateway NAME [ENGINE RUN OPTIONS...]
     local name=$1; shift
     timeout 120 "${E[@]}" run -d --name "$name" "${RUN_FLAGS[@]}" \
-        -v "$VOL:/data" \
+        -v "$GW_VOL:/data" \
         -e PORT="$GW_PORT" \
         -e AUTH_SERVICE_URL="$DS_URL" -e RAG_SERVICE_URL="$DS_URL" -e QUESTION_SERVICE_URL="$DS_URL" \
         -e LOG_LEVEL=info "$@" \
@@ -246,6 +264,117 @@ stop_and_check() {  # stop_and_check NAME: SIGTERM (the image's STOPSIGNAL), exi
 
 in_image() {  # in_image CMD...: run a one-off command in the gateway image with the volume mounted
     timeout 120 "${E[@]}" run --rm "${RUN_FLAGS[@]}" -v "$VOL:/data" "$IMAGE" "$@" 2>>"$WORK/engine.err"
+}
+
+report() {  # image size and build time; MAX_IMAGE_MB
+    local size_bytes size_mb base_mb="?"
+    size_bytes=$("${E[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+    size_mb=$((size_bytes / 1000000))
+    if [[ -n $BASE_IMAGE ]]; then
+        base_mb=$(( $("${E[@]}" image inspect --format '{{.Size}}' "$BASE_IMAGE") / 1000000 ))
+    fi
+    log "image $IMAGE: ${size_mb} MB (base ${BASE_IMAGE:-the Dockerfile default}: ${base_mb} MB; app layers: $(
+        [[ $base_mb == "?" ]] && echo "?" || echo $((size_mb - base_mb))) MB); build ${BUILD_SECONDS} s"
+    if [[ -n "${MAX_IMAGE_MB:-}" ]] && ((size_mb > MAX_IMAGE_MB)); then
+        fail "image is ${size_mb} MB, over MAX_IMAGE_MB=$MAX_IMAGE_MB"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+# The URL carries a password: it reaches a container as `-e DATABASE_URL` (the value from this process's
+# environment, not the command line) and is logged without it.
+redacted() { "$PY" -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p._replace(netloc=f"{p.username}:***@{p.hostname}:{p.port}", query="").geturl())' "$PG_URL"; }
+
+page_ids() { "$PY" -c 'import json, sys; print(" ".join(s["session_id"] for s in json.load(open(sys.argv[1]))))' "$WORK/body"; }
+
+pg_once() {  # pg_once CMD...: a one-off container of the image with DATABASE_URL (stdout and stderr as they come)
+    DATABASE_URL="$PG_URL" timeout 120 "${E[@]}" run --rm "${RUN_FLAGS[@]}" -e DATABASE_URL "$IMAGE" "$@"
+}
+
+postgres_scenario() {
+    local secret="smoke-test-cursor-secret-0123456789" out rc code sid2 cursor first listing
+    log "PostgreSQL: DATABASE_URL=$(redacted)"
+
+    # one image, either backend: the driver is in it
+    out=$(pg_once python -c 'import asyncpg; print(asyncpg.__version__)' 2>>"$WORK/engine.err") \
+        || fail "asyncpg does not import in the image"
+    log "asyncpg $out imports in the image"
+
+    # the one-off migration job (compose's `migrate` service), then once more: idempotent
+    # (no CURSOR_SECRET: a maintenance command signs no cursor)
+    out=$(pg_once python -m service migrate 2>"$WORK/migrate.err") \
+        || { echo "$out"; cat "$WORK/migrate.err"; fail "python -m service migrate failed"; }
+    log "migrate: $(tr -s ' \n' ' ' <<<"$out")"
+    out=$(pg_once python -m service migrate 2>"$WORK/migrate.err") \
+        || { echo "$out"; cat "$WORK/migrate.err"; fail "a second migrate failed"; }
+    [[ $out == *"schema already current"* ]] || fail "a second migrate did not find the schema current: $out"
+    log "migrate again: schema already current"
+
+    # a replica without CURSOR_SECRET refuses to start, naming the variable
+    if out=$(pg_once python -m service serve 2>&1); then fail "serve with DATABASE_URL and no CURSOR_SECRET started"; else rc=$?; fi
+    [[ $rc == 2 && $out == *CURSOR_SECRET* ]] || fail "without CURSOR_SECRET: exit $rc, expected 2 naming it: $out"
+    log "without CURSOR_SECRET: refused (exit 2): $(tail -1 <<<"$out")"
+
+    timeout 60 "${E[@]}" volume create "$VOL" >/dev/null
+    timeout 60 "${E[@]}" volume create "$VOL2" >/dev/null
+    GW_PORT=$(free_port); GW="http://127.0.0.1:$GW_PORT"
+    log "starting $C1 on $GW with DATABASE_URL and CURSOR_SECRET"
+    t0=$SECONDS
+    DATABASE_URL="$PG_URL" run_gateway "$C1" -e DATABASE_URL -e CURSOR_SECRET="$secret"
+    wait_http "$GW/health/ready" "$READY_TIMEOUT" "$C1"
+    log "ready in $((SECONDS - t0)) s: $(head -c 200 "$WORK/body")"
+
+    code=$(http POST "$GW/sessions" '{"name": "smoke-pg", "start_state": 0}')
+    [[ $code == 201 ]] || fail "POST /sessions answered $code: $(head -c 500 "$WORK/body")"
+    SID=$(json_get session_id)
+    code=$(http POST "$GW/sessions" '{"name": "smoke-pg-2", "start_state": 0}')
+    [[ $code == 201 ]] || fail "POST /sessions answered $code: $(head -c 500 "$WORK/body")"
+    sid2=$(json_get session_id)
+    log "created sessions $SID and $sid2"
+    code=$(http GET "$GW/sessions?limit=1")
+    cursor=$(header_get X-Next-Cursor); first=$(page_ids)
+    [[ $code == 200 && -n $cursor ]] || fail "GET /sessions?limit=1 answered $code without X-Next-Cursor"
+
+    # backups belong to PostgreSQL: 501 with the way to do them
+    code=$(TOKEN=dev-admin-token http POST "$GW/admin/backup")
+    [[ $code == 501 ]] || fail "POST /admin/backup answered $code on PostgreSQL, not 501: $(head -c 500 "$WORK/body")"
+    grep -q pg_dump "$WORK/body" || fail "the 501 of /admin/backup does not name pg_dump: $(head -c 500 "$WORK/body")"
+    log "/admin/backup: 501 $(head -c 240 "$WORK/body")"
+
+    # nothing on the volume: the state is in PostgreSQL
+    out=$(timeout 30 "${E[@]}" exec "$C1" python -c 'import os; print(" ".join(sorted(os.listdir("/data"))) or "(empty)")')
+    [[ $out != *sessions.db* ]] || fail "a PostgreSQL replica created an SQLite file in /data: $out"
+    log "/data of a PostgreSQL replica: $out"
+
+    if [[ $ENGINE == podman ]]; then
+        timeout 30 "${E[@]}" healthcheck run "$C1" >/dev/null || fail "HEALTHCHECK failed on a PostgreSQL replica"
+        log "healthcheck (liveness, /health): healthy"
+    fi
+    stop_and_check "$C1"
+
+    # a new container, on a fresh volume, as two workers: reads what the first one wrote
+    GW_VOL="$VOL2"
+    log "starting $C2 with WORKERS=2 on a fresh volume"
+    DATABASE_URL="$PG_URL" run_gateway "$C2" -e DATABASE_URL -e CURSOR_SECRET="$secret" -e WORKERS=2
+    wait_http "$GW/health/ready" "$READY_TIMEOUT" "$C2"
+    code=$(http GET "$GW/sessions/$SID")
+    [[ $code == 200 && $(json_get session_id) == "$SID" ]] \
+        || fail "after restart GET /sessions/$SID answered $code: $(head -c 500 "$WORK/body")"
+    log "session $SID read back from PostgreSQL by a new container"
+    code=$(http GET "$GW/sessions?limit=1&cursor=$cursor")
+    [[ $code == 200 ]] || fail "the cursor signed by $C1 answered $code on $C2: $(head -c 500 "$WORK/body")"
+    listing=$(page_ids)
+    [[ -n $listing && $listing != "$first" ]] || fail "the page after '$first' is '$listing'"
+    log "a cursor signed by $C1 reads the next page on $C2 (shared CURSOR_SECRET)"
+    deadline=$((SECONDS + READY_TIMEOUT)); lag_pids=0
+    while ((SECONDS < deadline)); do
+        [[ $(http GET "$GW/metrics") == 200 ]] && lag_pids=$(grep -c '^event_loop_lag_seconds{pid=' "$WORK/body" || true)
+        [[ $lag_pids == 2 ]] && break
+        sleep 0.5
+    done
+    [[ $lag_pids == 2 ]] || fail "WORKERS=2: /metrics shows the loop lag of $lag_pids workers, not 2"
+    log "WORKERS=2 on PostgreSQL: two workers serve the port"
+    stop_and_check "$C2"
 }
 
 # ================================================================================================ main
@@ -300,6 +429,13 @@ else
     timeout 120 "${E[@]}" run -d --name "$CDS" "${RUN_FLAGS[@]}" -e DEVSTACK_HOST=127.0.0.1 -e DEVSTACK_PORT="$DS_PORT" \
         "$DEVSTACK_IMAGE" >/dev/null 2>>"$WORK/engine.err" || { cat "$WORK/engine.err"; fail "could not start $CDS"; }
     wait_http "$DS_URL/health" 30 "$CDS"
+fi
+
+if [[ -n $PG_URL ]]; then
+    postgres_scenario
+    report
+    log "PASS (PostgreSQL)"
+    exit 0
 fi
 
 # ---- first container
@@ -382,15 +518,5 @@ log "WORKERS=2: two workers serve the port"
 stop_and_check "$C2"
 
 # ---- report
-size_bytes=$("${E[@]}" image inspect --format '{{.Size}}' "$IMAGE")
-size_mb=$((size_bytes / 1000000))
-base_mb="?"
-if [[ -n $BASE_IMAGE ]]; then
-    base_mb=$(( $("${E[@]}" image inspect --format '{{.Size}}' "$BASE_IMAGE") / 1000000 ))
-fi
-log "image $IMAGE: ${size_mb} MB (base ${BASE_IMAGE:-the Dockerfile default}: ${base_mb} MB; app layers: $(
-    [[ $base_mb == "?" ]] && echo "?" || echo $((size_mb - base_mb))) MB); build ${BUILD_SECONDS} s"
-if [[ -n "${MAX_IMAGE_MB:-}" ]] && ((size_mb > MAX_IMAGE_MB)); then
-    fail "image is ${size_mb} MB, over MAX_IMAGE_MB=$MAX_IMAGE_MB"
-fi
+report
 log "PASS"

@@ -1,8 +1,10 @@
-"""Builds the gateway image from docker/Dockerfile and runs docker/smoke-test.sh against it.
+"""Builds the gateway image from docker/Dockerfile and runs docker/smoke-test.sh against it, on both engines.
 
 The script does the work (install podman if needed, build, run with a volume, SIGTERM, restart on the same volume,
-non-root check, image size); this test runs it and asserts it passed. It is skipped only when no container engine
-can be found or installed (exit code 77), and even then it fails under CI, where the container test must run.
+non-root check, image size; with SMOKE_DATABASE_URL the same image against PostgreSQL: migrate job, replicas,
+/admin/backup 501); these tests run it and assert it passed. They are skipped only when no container engine can be
+found or installed (exit code 77), or (the PostgreSQL one) when the PostgreSQL server binaries are missing, and
+even then they fail under CI, where the container tests must run. The second build is the first one's cache.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-@pytest.mark.container
-@pytest.mark.timeout(TIMEOUT + 120)
-def test_container_smoke() -> None:
+def _run_smoke(database_url: str | None = None) -> None:
     env = dict(os.environ)
     env.setdefault("PYTHON", sys.executable)  # devstack runs on the host from this interpreter
+    env.pop("SMOKE_DATABASE_URL", None)
+    if database_url is not None:
+        env["SMOKE_DATABASE_URL"] = database_url
     proc = subprocess.Popen(
         ["bash", str(SCRIPT)],
         cwd=ROOT,
@@ -60,3 +63,16 @@ def test_container_smoke() -> None:
             pytest.fail(f"container smoke test cannot run under CI: {reason}")
         pytest.skip(f"container smoke test not run: {reason}")
     assert proc.returncode == 0, f"docker/smoke-test.sh failed (exit {proc.returncode}); its output is above"
+
+
+@pytest.mark.container
+@pytest.mark.timeout(TIMEOUT + 120)
+def test_container_smoke() -> None:
+    _run_smoke()
+
+
+@pytest.mark.container
+@pytest.mark.timeout(TIMEOUT + 120)
+def test_container_smoke_postgres(pg_empty_dsn: str) -> None:
+    """The same image on PostgreSQL: the test's server (127.0.0.1, reached from --network host), an empty database."""
+    _run_smoke(pg_empty_dsn)
