@@ -94,6 +94,8 @@ def test_compose_scale_out_variant_is_complete() -> None:
     assert "/health/ready" in " ".join(gateway["healthcheck"]["test"])
     for name in ("postgres", "gateway", "lb"):
         assert services[name]["healthcheck"]["test"]
+    # over TCP: on a fresh volume the image's init server listens on the unix socket only, and is not the real one
+    assert "-h 127.0.0.1" in " ".join(services["postgres"]["healthcheck"]["test"])
     env = gateway["environment"]
     assert env["DATABASE_URL"].startswith("postgresql://") and "CURSOR_SECRET" in env
     assert "${POSTGRES_PASSWORD:?" in env["DATABASE_URL"]  # no password baked into the file
