@@ -67,8 +67,9 @@ bench: $(STAMP) wrk
 soak: $(STAMP) wrk
 	$(BIN)/python -m bench.run --soak
 
-container-test: $(STAMP)
-	bash docker/smoke-test.sh
+# Both runs of docker/smoke-test.sh: SQLite on a volume, then the same image on a PostgreSQL server the test starts.
+container-test: $(STAMP) postgres
+	$(BIN)/pytest -q -s -p no:cacheprovider tests/container
 
 # Re-resolve the lock files from pyproject.toml (newest versions allowed by its ranges); commit the result.
 # The image's lock (runtime.txt) holds the postgres extra: one image runs either backend.

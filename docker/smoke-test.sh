@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Container smoke test: build the image from docker/Dockerfile, run it, restart it, check it.
 #
-#   docker/smoke-test.sh            (make container-test)
+#   docker/smoke-test.sh                                       SQLite on a volume
+#   SMOKE_DATABASE_URL=postgresql://... docker/smoke-test.sh   PostgreSQL (make container-test runs both)
 #
 # 1. installs what it needs (podman, runc, debootstrap via apt) unless a docker engine answers;
 # 2. builds the gateway image (BASE_IMAGE: the official python slim image when it can be pulled, otherwise a
