@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import BASELINE, GATEWAY, POSTGRES, SCALE_CONFIGS, SCALE_SCENARIOS, SQLITE, scale_variant
+from bench.scenarios import BASELINE, GATEWAY, POSTGRES, SCALE_CONFIGS, SQLITE, scale_variant
 
 MAIN_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c100", "rag_c500", "rag_c1000", "mixed")
 CLIENT_BUSY_PCT = 80.0
@@ -165,7 +165,7 @@ def scale(runs: list[dict[str, Any]]) -> dict[str, Any]:
     between configurations measured in this run (None where one side is missing, e.g. PostgreSQL skipped)."""
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    for name in SCALE_SCENARIOS:
+    for name in dict.fromkeys(r["scenario"] for r in runs if r["group"] == "scale"):
         found: dict[tuple[str, int], dict[str, Any]] = {}
         for engine, workers in SCALE_CONFIGS:
             r = _find(runs, name, GATEWAY, scale_variant(engine, workers))
@@ -284,7 +284,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"{r['server']['cpu_pct']:.0f} | {_pct(r['server'].get('runqueue_wait_pct'))} | "
             f"{r['client']['cpu_pct']:.0f} | {_pct(r['client'].get('runqueue_wait_pct'))} |"
         )
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n" if rows else ""
 
 
 def lag_table(runs: list[dict[str, Any]]) -> str:
@@ -430,7 +430,7 @@ def bench_markdown(data: dict[str, Any]) -> str:
         "",
     ]
     table = results_table(data["runs"])
-    if table.count("\n") > 2:  # rows besides the header (a run of the scale group alone has none)
+    if table:  # a run of the scale group alone has no rows here
         parts += ["## Results\n", table]
     if data.get("scale", {}).get("rows") or (data.get("scale_info") or {}).get("postgres", {}).get("skipped"):
         parts += scale_markdown(data)

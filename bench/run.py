@@ -88,6 +88,7 @@ class Options:
     quiet_wait_s: float
     command: str
     pg_synchronous_commit: str = "off"
+    scale_scenarios: tuple[str, ...] = scenarios.SCALE_SCENARIOS
 
 
 def say(msg: str) -> None:
@@ -425,6 +426,7 @@ class Bench:
                 },
             }
         )
+        record["postgres"] = None  # the PostgreSQL server with its backends (scale runs on PostgreSQL)
         if pg_pid:
             record["postgres"] = {
                 "cpu_pct": round(pg_cpu, 1),
@@ -514,7 +516,7 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def run_bench(opts: Options) -> dict[str, Any]:
-    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline)
+    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline, scale_scenarios=opts.scale_scenarios)
     if not runs:
         raise SystemExit("nothing to run")
     bench = Bench(opts)
@@ -554,6 +556,8 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "nice": opts.nice,
             "quick": opts.quick,
             "groups": opts.groups,
+            "scale_scenarios": list(opts.scale_scenarios),
+            "pg_synchronous_commit": opts.pg_synchronous_commit,
         },
         "elapsed_s": round(time.monotonic() - started, 1),
         "runs": results,
@@ -634,6 +638,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "a shared machine cannot starve them (default: -10 as root, else 0)",
     )
     parser.add_argument(
+        "--scale-scenarios",
+        default=",".join(scenarios.SCALE_SCENARIOS),
+        help=f"scenarios of the scale group (default {','.join(scenarios.SCALE_SCENARIOS)}; any of "
+        f"{', '.join(scenarios.SCENARIOS)})",
+    )
+    parser.add_argument(
         "--pg-synchronous-commit",
         choices=("off", "on"),
         default="off",
@@ -646,7 +656,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     groups = [g.strip() for g in args.scenarios.split(",") if g.strip()]
-    scenarios.plan_runs(groups)  # validates names early
+    scale_scenarios = tuple(n.strip() for n in args.scale_scenarios.split(",") if n.strip())
+    try:
+        scenarios.plan_runs(groups, scale_scenarios=scale_scenarios)  # validates names early
+    except ValueError as exc:
+        parser.error(str(exc))
     return Options(
         groups=groups,
         duration_s=args.duration if args.duration is not None else (2.0 if quick else 15.0),
@@ -666,6 +680,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         quiet_busy_pct=args.quiet_busy,
         quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 15.0),
         pg_synchronous_commit=args.pg_synchronous_commit,
+        scale_scenarios=scale_scenarios,
         command="python -m bench.run"
         + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:])),
     )

@@ -359,11 +359,17 @@ OVERHEAD_SPLIT = [
 ]
 
 
-def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
-    """The ordered, de-duplicated list of runs for the selected groups."""
+def plan_runs(
+    groups: Sequence[str], *, baseline: bool = True, scale_scenarios: Sequence[str] = SCALE_SCENARIOS
+) -> list[Run]:
+    """The ordered, de-duplicated list of runs for the selected groups (``scale_scenarios``: the scenarios of the
+    ``scale`` group)."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown scenario group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    unknown = set(scale_scenarios) - set(SCENARIOS)
+    if unknown or not scale_scenarios:
+        raise ValueError(f"unknown scale scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     runs: list[Run] = []
 
     def add(
@@ -417,7 +423,7 @@ def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
             add(name, GATEWAY, "lag", PACED, paced=True)
     if "scale" in groups:
         # scenario by scenario, the four configurations back to back: their ratios come from neighbouring runs
-        for name in SCALE_SCENARIOS:
+        for name in scale_scenarios:
             for engine, workers in SCALE_CONFIGS:
                 env = {"WORKERS": str(workers)}
                 add(name, GATEWAY, "scale", scale_variant(engine, workers), env, engine=engine, workers=workers)

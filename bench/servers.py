@@ -262,8 +262,25 @@ def runqueue_wait_s(pid: int) -> float | None:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and every live descendant (a ``WORKERS`` supervisor's workers, a postmaster's backends), from
-    the parent pids in /proc/*/stat; ``[]`` once ``pid`` is gone."""
+    """``pid`` and every live descendant (a ``WORKERS`` supervisor's workers, a postmaster's backends); ``[]``
+    once ``pid`` is gone. From /proc/<pid>/task/*/children where the kernel has it, else the parent pids in
+    /proc/*/stat (a scan of every process: slower)."""
+    if not Path(f"/proc/{pid}").exists():
+        return []
+    if not Path(f"/proc/{pid}/task/{pid}/children").exists():
+        return _process_tree_by_scan(pid)
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
+    return out
+
+
+def _process_tree_by_scan(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -274,8 +291,6 @@ def process_tree(pid: int) -> list[int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    if not Path(f"/proc/{pid}").exists():
-        return []
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
