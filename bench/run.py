@@ -8,6 +8,9 @@ Results go to ``<out>/bench.{json,md,png}`` (``--soak``: ``<out>/soak.{json,md,p
     python -m bench.run                       # everything, ~12 min on 2 cores
     python -m bench.run --quick --scenarios ceiling,read --out /tmp/b   # smoke run, seconds per scenario
     python -m bench.run --soak                # mixed scenario for 10 minutes: RSS / fds over time
+    python -m bench.run --scenarios scale     # SQLite and PostgreSQL, WORKERS=1 and 2: the Scale-out table
+
+The ``scale`` group's PostgreSQL runs need Debian's server binaries (skipped, saying so, where they are missing).
 """
 
 from __future__ import annotations
@@ -529,6 +532,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
             f"bench: {len(runs)} runs, {opts.duration_s:g} s each after {opts.warmup_s:g} s warm-up; "
             f"{bench.cores.describe()}; fd limit {servers.raise_fd_limit()}"
         )
+        machine = servers.machine_info()  # before pinning the runner: its usable CPUs are the machine's
         servers.pin_self(bench.cores.client)
         bench.start_devstack()
         bench.seed(sorted({r.target for r in runs}))
@@ -542,7 +546,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "kind": "bench",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": opts.command,
-        "machine": servers.machine_info(),
+        "machine": machine,
         "code": bench.code_info,
         "pinning": dataclasses.asdict(bench.cores) | {"description": bench.cores.describe()},
         "config": {
