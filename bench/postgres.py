@@ -52,8 +52,9 @@ SETTINGS: dict[str, str] = {
 }
 
 
-def find_bindir(root: Path = BIN_ROOT) -> Path | None:
-    """The newest installed server's bin directory."""
+def find_bindir(root: Path | None = None) -> Path | None:
+    """The newest installed server's bin directory (under ``root``, default ``BIN_ROOT``)."""
+    root = BIN_ROOT if root is None else root
     if not root.is_dir():
         return None
     found = [d / "bin" for d in root.iterdir() if (d / "bin" / "initdb").is_file() and (d / "bin" / "pg_ctl").is_file()]
@@ -61,8 +62,9 @@ def find_bindir(root: Path = BIN_ROOT) -> Path | None:
     return found[-1] if found else None
 
 
-def unavailable(root: Path = BIN_ROOT) -> str | None:
+def unavailable(root: Path | None = None) -> str | None:
     """Why the PostgreSQL runs cannot happen here, or None."""
+    root = BIN_ROOT if root is None else root
     bindir = find_bindir(root)
     if bindir is None:
         return f"no PostgreSQL server binaries under {root} (Debian package {PACKAGE!r}; `make bench` installs it)"

@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import report, scenarios, servers
+from bench import postgres, report, scenarios, servers
 from bench.wrk import parse_output, summarize
 
 WRK_STDOUT = """Running 2s test @ http://127.0.0.1:1
@@ -216,6 +217,16 @@ def test_scale_rows_ratios_and_markdown() -> None:
     assert "| read | postgres | 2 | 0,1 (one shared with wrk) | 64 | 7,000 |" in md
     assert "| write | 1.00 x (2.00 x) | n/a | n/a | n/a |" in md
     assert "PostgreSQL runs skipped: no binaries" in md
+
+
+def test_postgres_unavailable_names_what_is_missing(tmp_path: Path) -> None:
+    assert "postgresql" in (postgres.unavailable(tmp_path) or "")  # no server binaries: the Debian package named
+    bindir = tmp_path / "15" / "bin"
+    bindir.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl"):
+        (bindir / name).touch()
+    assert postgres.find_bindir(tmp_path) == bindir
+    assert "psql" in (postgres.unavailable(tmp_path) or "")
 
 
 def test_sampler_follows_a_process_tree() -> None:
