@@ -61,7 +61,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP) wrk
+bench: $(STAMP) wrk postgres
 	$(BIN)/python -m bench.run
 
 soak: $(STAMP) wrk

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import BASELINE, GATEWAY
+from bench.scenarios import BASELINE, GATEWAY, POSTGRES, SCALE_CONFIGS, SQLITE, scale_variant
 
 MAIN_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c100", "rag_c500", "rag_c1000", "mixed")
 CLIENT_BUSY_PCT = 80.0
@@ -43,6 +43,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     data["targets"] = evaluate(runs)
     data["overhead"] = overhead(runs)
     data["transports"] = transports(runs)
+    data["scale"] = scale(runs)
     clients = [r["client"]["cpu_pct"] for r in runs if "client" in r]
     data["client_check"] = {
         "max_wrk_cpu_pct": max(clients) if clients else None,
@@ -91,8 +92,9 @@ def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         subset = [r for r in scenario_runs if bool(r.get("paced")) == paced]
         if subset:
             out += _lag_targets(subset, label)
-    if gw_all:
-        peak = max(r["server"]["peak_rss_mb"] for r in gw_all)
+    single = [r for r in gw_all if r["group"] != "scale"]  # a WORKERS=2 server's RSS is its processes' sum
+    if single:
+        peak = max(r["server"]["peak_rss_mb"] for r in single)
         out.append(_target("gateway RSS < 200 MB at peak", f"{peak:.0f} MB", "< 200 MB", peak < 200))
     return out
 
@@ -147,6 +149,63 @@ def overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+# (label, numerator, denominator) of the scale-out ratios, as (engine, WORKERS)
+SCALE_RATIOS: tuple[tuple[str, tuple[str, int], tuple[str, int]], ...] = (
+    ("WORKERS=2 / WORKERS=1 (SQLite)", (SQLITE, 2), (SQLITE, 1)),
+    ("PostgreSQL 1 / SQLite 1", (POSTGRES, 1), (SQLITE, 1)),
+    ("PostgreSQL 2 / PostgreSQL 1", (POSTGRES, 2), (POSTGRES, 1)),
+    ("PostgreSQL 2 / SQLite 1", (POSTGRES, 2), (SQLITE, 1)),
+)
+
+
+def scale(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scale-out group: one row per (scenario, engine, WORKERS) and, per scenario, the req/s and p99 ratios
+    between configurations measured in this run (None where one side is missing, e.g. PostgreSQL skipped)."""
+    rows: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    for name in dict.fromkeys(r["scenario"] for r in runs if r["group"] == "scale"):
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        for engine, workers in SCALE_CONFIGS:
+            r = _find(runs, name, GATEWAY, scale_variant(engine, workers))
+            if r is None:
+                continue
+            found[(engine, workers)] = r
+            pg = r.get("postgres") or {}
+            rows.append(
+                {
+                    "scenario": name,
+                    "engine": engine,
+                    "workers": workers,
+                    "connections": r["connections"],
+                    "server_cores": r.get("server_cores", []),
+                    "shares_client_core": r.get("server_shares_client_core", False),
+                    "rps": r["rps"],
+                    "p50_ms": r["latency_ms"]["p50"],
+                    "p99_ms": r["latency_ms"]["p99"],
+                    "errors": r["errors_total"],
+                    "server_cpu_pct": r["server"]["cpu_pct"],
+                    "server_runqueue_wait_pct": r["server"].get("runqueue_wait_pct"),
+                    "postgres_cpu_pct": pg.get("cpu_pct"),
+                    "wrk_cpu_pct": r["client"]["cpu_pct"],
+                    "wrk_runqueue_wait_pct": r["client"].get("runqueue_wait_pct"),
+                    "other_cpu_pct": r.get("other_cpu_pct"),
+                }
+            )
+        if not found:
+            continue
+        for label, num, den in SCALE_RATIOS:
+            a, b = found.get(num), found.get(den)
+            ratios.append(
+                {
+                    "scenario": name,
+                    "ratio": label,
+                    "rps": _ratio(a["rps"], b["rps"]) if a and b else None,
+                    "p99": _ratio(a["latency_ms"]["p99"], b["latency_ms"]["p99"]) if a and b else None,
+                }
+            )
+    return {"rows": rows, "ratios": ratios}
 
 
 def transports(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -213,7 +272,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     )
     rows = []
     for r in runs:
-        if (r["group"] == "transport" and r["variant"] != "default") or r.get("paced"):
+        if (r["group"] == "transport" and r["variant"] != "default") or r.get("paced") or r["group"] == "scale":
             continue
         lat = r["latency_ms"]
         p99, mx = _lag(r)
@@ -225,7 +284,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"{r['server']['cpu_pct']:.0f} | {_pct(r['server'].get('runqueue_wait_pct'))} | "
             f"{r['client']['cpu_pct']:.0f} | {_pct(r['client'].get('runqueue_wait_pct'))} |"
         )
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n" if rows else ""
 
 
 def lag_table(runs: list[dict[str, Any]]) -> str:
@@ -266,6 +325,77 @@ def transport_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def scale_table(data: dict[str, Any]) -> str:
+    rows = data["scale"]["rows"]
+    head = (
+        "| scenario | engine | WORKERS | server CPUs | conns | req/s | p50 ms | p99 ms | errors | gateway CPU % "
+        "| PostgreSQL CPU % | wrk CPU % | wrk waited for CPU % | other processes' CPU % |\n"
+        "|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = []
+    for t in rows:
+        cpus = ",".join(str(c) for c in t["server_cores"]) or "not pinned"
+        if t["shares_client_core"]:
+            cpus += " (one shared with wrk)"
+        lines.append(
+            f"| {t['scenario']} | {t['engine']} | {t['workers']} | {cpus} | {t['connections']} | {t['rps']:,.0f} | "
+            f"{_ms(t['p50_ms'])} | {_ms(t['p99_ms'])} | {t['errors']} | {t['server_cpu_pct']:.0f} | "
+            f"{_pct(t['postgres_cpu_pct']) if t['engine'] == POSTGRES else '-'} | {t['wrk_cpu_pct']:.0f} | "
+            f"{_pct(t['wrk_runqueue_wait_pct'])} | {_pct(t['other_cpu_pct'])} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def scale_ratio_table(data: dict[str, Any]) -> str:
+    ratios = data["scale"]["ratios"]
+    labels = list(dict.fromkeys(r["ratio"] for r in ratios))
+    names = list(dict.fromkeys(r["scenario"] for r in ratios))
+    head = "| scenario | " + " | ".join(f"{label}: req/s (p99)" for label in labels) + " |\n"
+    head += "|---|" + "--:|" * len(labels) + "\n"
+    lines = []
+    for name in names:
+        cells = []
+        for label in labels:
+            r = next(x for x in ratios if x["scenario"] == name and x["ratio"] == label)
+            cells.append("n/a" if r["rps"] is None else f"{r['rps']:.2f} x ({r['p99']:.2f} x)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def scale_markdown(data: dict[str, Any]) -> list[str]:
+    info = data.get("scale_info") or {}
+    pg = info.get("postgres") or {}
+    if pg.get("skipped"):
+        pg_text = f"PostgreSQL runs skipped: {pg['skipped']}"
+    elif pg:
+        settings = ", ".join(f"{k}={v}" for k, v in pg.get("settings", {}).items())
+        pg_text = (
+            f"PostgreSQL {pg.get('version')} started by the bench (a fresh cluster for this invocation, restarted per "
+            f"run on the run's server CPUs; each run a fresh database copied from a template filled by "
+            f"`python -m service copy-to-postgres` from the seeded SQLite file): {settings}"
+        )
+    else:
+        pg_text = "no PostgreSQL runs selected"
+    parts = [
+        "## Scale-out (group `scale`)\n",
+        "The same scenarios, seeded data and request plans; only the gateway's environment (`WORKERS`, "
+        "`DATABASE_URL`) and its CPUs differ. `WORKERS=2` is one supervisor and two worker processes behind one "
+        "listening socket: on PostgreSQL, two stateless replicas behind one port. PostgreSQL runs on the same "
+        "CPUs as the gateway (as SQLite, inside the gateway's process, does), so its CPU counts against the "
+        "same cores; a deployment would give it a host of its own.\n",
+        f"- pinning: {info.get('pinning', 'n/a')}",
+        f"- {pg_text}",
+        "- gateway CPU % and PostgreSQL CPU % are summed over their processes (100 = one core); other processes' "
+        "CPU % = every CPU's busy time minus the bench's own processes (server, PostgreSQL, wrk, downstream, "
+        "runner): what other work on a shared machine took during the measured window",
+        "",
+        scale_table(data),
+        "Ratios between configurations of this run (req/s, and p99 in parentheses: below 1 is better):\n",
+        scale_ratio_table(data),
+    ]
+    return parts
+
+
 def _code(info: dict[str, Any] | None) -> str:
     if not info:
         return "unknown"
@@ -298,9 +428,12 @@ def bench_markdown(data: dict[str, Any]) -> str:
         "not running (/proc/<pid>/task/*/schedstat): high values mean other processes on a shared machine "
         "took the CPU, so the numbers understate what the code can do",
         "",
-        "## Results\n",
-        results_table(data["runs"]),
     ]
+    table = results_table(data["runs"])
+    if table:  # a run of the scale group alone has no rows here
+        parts += ["## Results\n", table]
+    if data.get("scale", {}).get("rows") or (data.get("scale_info") or {}).get("postgres", {}).get("skipped"):
+        parts += scale_markdown(data)
     if data.get("transports"):
         parts += ["## Downstream transport (rag scenario, gateway only)\n", transport_table(data["transports"])]
     lag = lag_table(data["runs"])

@@ -8,6 +8,9 @@ Results go to ``<out>/bench.{json,md,png}`` (``--soak``: ``<out>/soak.{json,md,p
     python -m bench.run                       # everything, ~12 min on 2 cores
     python -m bench.run --quick --scenarios ceiling,read --out /tmp/b   # smoke run, seconds per scenario
     python -m bench.run --soak                # mixed scenario for 10 minutes: RSS / fds over time
+    python -m bench.run --scenarios scale     # SQLite and PostgreSQL, WORKERS=1 and 2: the Scale-out table
+
+The ``scale`` group's PostgreSQL runs need Debian's server binaries (skipped, saying so, where they are missing).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -30,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, seed, servers
-from bench.scenarios import BASELINE, GATEWAY, Run, Scale, Setup
+from bench import postgres, report, scenarios, seed, servers
+from bench.postgres import BenchPostgres
+from bench.scenarios import BASELINE, GATEWAY, POSTGRES, Run, Scale, Setup
 from bench.wrk import run_wrk
 
 DEFAULT_OUT = servers.REPO_ROOT / "bench" / "results"
@@ -40,7 +45,9 @@ SESSION_ID = re.compile(r"[0-9a-f]{32}")
 GATEWAY_ENV_PREFIXES = (
     "HOST",
     "PORT",
-    "DATABASE_PATH",
+    "DATABASE_",
+    "WORKERS",
+    "PROMETHEUS_",
     "AUTH_",
     "RAG_",
     "QUESTION_",
@@ -57,6 +64,9 @@ GATEWAY_ENV_PREFIXES = (
     "METRICS_",
     "FORWARD_",
     "DEVSTACK_",
+    "LIBRARY_",
+    "INGESTION_",
+    "BODY_",
 )
 
 
@@ -80,6 +90,8 @@ class Options:
     quiet_busy_pct: float
     quiet_wait_s: float
     command: str
+    pg_synchronous_commit: str = "off"
+    scale_scenarios: tuple[str, ...] = scenarios.SCALE_SCENARIOS
 
 
 def say(msg: str) -> None:
@@ -118,6 +130,11 @@ class Bench:
         self.seeds: dict[str, Any] = {}
         self.code = self.work / "code"
         self.code_info = servers.snapshot_code(self.code)
+        # the scale-out runs' PostgreSQL (a cluster of its own, seeded once) and their shared cursor key:
+        # required with WORKERS > 1 or DATABASE_URL, given to every scale run so only WORKERS / DATABASE_URL differ
+        self.pg: BenchPostgres | None = None
+        self.pg_skipped: str | None = None
+        self.cursor_secret = secrets.token_hex(32)
 
     # -- fixtures ----------------------------------------------------------------------------------------
     def start_devstack(self) -> None:
@@ -165,15 +182,48 @@ class Bench:
             self.pristine[BASELINE] = path
             say(f"    done in {self.seeds[BASELINE]['seconds']} s ({self.seeds[BASELINE]['bytes'] / 2**20:.0f} MB)")
 
+    def drop_postgres_runs(self, runs: list[Run]) -> list[Run]:
+        """Where PostgreSQL cannot run here, say so once and leave its runs out (the report names the reason)."""
+        if not any(r.engine == POSTGRES for r in runs):
+            return runs
+        self.pg_skipped = postgres.unavailable()
+        if self.pg_skipped is None:
+            return runs
+        left_out = sum(r.engine == POSTGRES for r in runs)
+        say(f"  PostgreSQL runs skipped ({left_out}): {self.pg_skipped}")
+        return [r for r in runs if r.engine != POSTGRES]
+
+    def seed_postgres(self) -> None:
+        """A fresh cluster for this invocation; the seeded SQLite file copied into its template database."""
+        bindir = postgres.find_bindir()
+        assert bindir is not None  # drop_postgres_runs checked
+        self.pg = BenchPostgres(
+            bindir, Path(tempfile.mkdtemp(prefix="bench-pg-")), synchronous_commit=self.opts.pg_synchronous_commit
+        )
+        say(f"  PostgreSQL {self.pg.version}: initdb, then copy-to-postgres of the seeded database ...")
+        self.pg.init()
+        self.pg.start()
+        try:
+            env = clean_env(CURSOR_SECRET=self.cursor_secret)
+            self.seeds[POSTGRES] = self.pg.seed_template(self.pristine[GATEWAY], self.code, env)
+        finally:
+            self.pg.stop()
+        info = self.seeds[POSTGRES]
+        say(f"    done in {info['seconds']} s ({int(info['bytes']) / 2**20:.0f} MB)")
+
     # -- servers -----------------------------------------------------------------------------------------
-    def start_server(self, target: str, env_extra: dict[str, str], db: Path, log: Path) -> tuple[Any, str]:
+    def start_server(
+        self, target: str, env_extra: dict[str, str], db: Path | None, log: Path, cores: servers.CoreSet
+    ) -> tuple[Any, str]:
+        """``db``: the run's SQLite file (None: ``env_extra`` holds the DATABASE_URL of its PostgreSQL database)."""
         port = servers.free_port()
         url = f"http://{servers.LOCALHOST}:{port}"
         if target == GATEWAY:
+            if db is not None:
+                env_extra = {"DATABASE_PATH": str(db), **env_extra}
             env = clean_env(
                 HOST=servers.LOCALHOST,
                 PORT=str(port),
-                DATABASE_PATH=str(db),
                 AUTH_SERVICE_URL=self.devstack_url,
                 RAG_SERVICE_URL=self.devstack_url,
                 QUESTION_SERVICE_URL=self.devstack_url,
@@ -200,7 +250,7 @@ class Bench:
                 "--access-log",
             ]
             ready = url + "/health"
-        proc = servers.spawn(cmd, env=env, log=log, core=self.cores.server, cwd=self.code)
+        proc = servers.spawn(cmd, env=env, log=log, core=cores, cwd=self.code)
         servers.wait_http(ready, proc, timeout=60, log=log)
         return proc, url
 
@@ -220,12 +270,10 @@ class Bench:
         pace_ms, target_rps = self.pace(run, done)
         name = f"{index:02d}-{run.scenario.name}-{run.target}-{run.variant}".replace(" ", "_").replace("=", "")
         name = "".join(c for c in name if c.isalnum() or c in "-_.")
+        cores = self.cores.server_cores(run.workers)
         say(f"[{index:2d}/{total}] {run.label}  ({run.scenario.connections} connections)")
         log = self.work / "logs" / f"{name}.log"
         background = servers.wait_for_quiet(opts.quiet_busy_pct, opts.quiet_wait_s, say)
-        db = self.fresh_db(run.target, name)
-        self.devstack_control(0, clear=True)
-        proc, url = self.start_server(run.target, dict(run.env), db, log)
         record: dict[str, Any] = {
             "scenario": run.scenario.name,
             "group": run.group,
@@ -233,6 +281,10 @@ class Bench:
             "target": run.target,
             "variant": run.variant,
             "env": dict(run.env),
+            "engine": run.engine,
+            "workers": run.workers,
+            "server_cores": list(servers.core_list(cores)),
+            "server_shares_client_core": self.cores.shares_client(cores) if run.workers > 1 else False,
             "connections": run.scenario.connections,
             "downstream_latency_ms": run.scenario.downstream_latency_ms,
             "machine_busy_pct_before": background,
@@ -241,98 +293,149 @@ class Bench:
         if run.paced:
             record.update({"pace_ms": pace_ms, "target_rps": target_rps})
             say(f"      paced: each connection waits {pace_ms} ms before each request (~{target_rps:,.0f} req/s)")
+        db: Path | None = None
+        pg_db: str | None = None
+        proc: Any = None
+        env = dict(run.env)
         try:
-            plan = asyncio.run(self._setup(run, url))
-            plan_path = scenarios.write_plan(plan, self.raw / f"{name}.plan.tsv")
-            record["plan_requests"] = len(plan)
-            self.devstack_control(run.scenario.downstream_latency_ms)
-            say(f"      set-up done ({len(plan)} distinct requests); warm-up {opts.warmup_s:g} s ...")
-            warm = run_wrk(
-                url,
-                plan_path,
-                connections=run.scenario.connections,
-                # paced: long enough for the connections' cycles to spread out
-                duration_s=max(opts.warmup_s, 3 * (pace_ms + run.scenario.light_load_latency_ms) / 1000),
-                timeout_s=opts.timeout_s,
-                core=self.cores.client,
-                track_status=opts.track_status,
-                pace_ms=pace_ms,
-            )
-            record["warmup"] = {"rps": warm.rps, "errors": warm.errors_total}
-            record["settle_s"] = self.settle(url, proc.pid, run.target)
-            before = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
-            pids = {"server": proc.pid, "devstack": self.devstack_pid}
-            with servers.Sampler(pids, interval=0.5) as sampler:
-
-                def tick(elapsed: float) -> None:
-                    rss, fds = sampler.latest("server")
-                    say(f"      measuring {elapsed:4.0f}/{opts.duration_s:g} s  server RSS {rss:6.1f} MB  fds {fds}")
-
-                say(f"      measuring {opts.duration_s:g} s ...")
-                result = run_wrk(
-                    url,
-                    plan_path,
-                    connections=run.scenario.connections,
-                    duration_s=opts.duration_s,
-                    timeout_s=opts.timeout_s,
-                    core=self.cores.client,
-                    track_status=opts.track_status,
-                    on_tick=tick,
-                    pace_ms=pace_ms,
-                    watch=self.watchdog(proc, log),
-                )
-            after = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
-            series = sampler.series["server"]
-            record.update(
-                {
-                    "rps": result.rps,
-                    "requests": result.requests,
-                    "duration_s": result.duration_s,
-                    "latency_ms": result.latency_ms,
-                    "errors": result.errors,
-                    "errors_total": result.errors_total,
-                    "statuses": result.statuses,
-                    "lag": servers.lag_window(before, after) if run.target == GATEWAY else None,
-                    "server": {
-                        "peak_rss_mb": round(series.hwm_mb, 1),
-                        "rss_end_mb": series.rss_mb[-1] if series.rss_mb else None,
-                        "fds_end": series.fds[-1] if series.fds else None,
-                        "threads_end": series.threads[-1] if series.threads else None,
-                        "cpu_pct": round(sampler.cpu_pct("server"), 1),
-                        "runqueue_wait_pct": round(sampler.wait_pct("server"), 1),
-                    },
-                    "devstack_cpu_pct": round(sampler.cpu_pct("devstack"), 1),
-                    "devstack_runqueue_wait_pct": round(sampler.wait_pct("devstack"), 1),
-                    "cpu_busy_pct": sampler.core_busy,
-                    "server_core_other_pct": self._other_load(sampler),
-                    "client": {
-                        "cpu_pct": result.client_cpu_pct,
-                        "runqueue_wait_pct": result.client_runqueue_wait_pct,
-                        "cpu_s": result.client_cpu_s,
-                        "wall_s": result.client_wall_s,
-                        "command": result.command,
-                    },
-                }
-            )
+            if run.group == "scale":
+                env["CURSOR_SECRET"] = self.cursor_secret  # not in the record: only WORKERS / DATABASE_URL differ
+            if run.engine == POSTGRES:
+                assert self.pg is not None
+                pg_pid = self.pg.start(cores)  # restarted per run, on this run's server CPUs
+                pg_db = f"run_{index:02d}"
+                env["DATABASE_URL"] = self.pg.create_database(pg_db)
+            else:
+                pg_pid = 0
+                db = self.fresh_db(run.target, name)
+            self.devstack_control(0, clear=True)
+            proc, url = self.start_server(run.target, env, db, log, cores)
+            if run.workers > 1:
+                servers.wait_workers(url + "/metrics", run.workers, proc, log=log)
+            self._measure(run, name, url, proc, pg_pid, log, pace_ms, record)
         finally:
-            record["server_exit_code"] = servers.stop(proc)
-            record["server_log_error_lines"] = servers.count_lines(log, ("Traceback", " ERROR ", "ERROR:"))
-            if record["server_log_error_lines"]:
-                (self.raw / f"{name}.log-tail.txt").write_text(servers.tail(log, 200))
-            self.drop_db(db)
+            if proc is not None:
+                record["server_exit_code"] = servers.stop(proc)
+                record["server_log_error_lines"] = servers.count_lines(log, ("Traceback", " ERROR ", "ERROR:"))
+                if record["server_log_error_lines"]:
+                    (self.raw / f"{name}.log-tail.txt").write_text(servers.tail(log, 200))
+            if db is not None:
+                self.drop_db(db)
+            if self.pg is not None and run.engine == POSTGRES:
+                if pg_db is not None:
+                    self.pg.drop_database(pg_db)
+                self.pg.stop()
             log.unlink(missing_ok=True)  # access logs are large; tails of failing runs are kept in raw/
         lag = record.get("lag") or {}
         lag_text = ""
         if lag:
             lag_text = f"  loop lag p99<={fmt_ms(lag.get('p99_le_s'))} max {fmt_ms(lag.get('max_s'))}"
+        pg_text = ""
+        if record.get("postgres"):
+            pg_text = f" postgres {record['postgres']['cpu_pct']:.0f}%"
         say(
             f"      => {record['rps']:,.0f} req/s  p50 {record['latency_ms']['p50']:.1f} ms  "
             f"p99 {record['latency_ms']['p99']:.1f} ms  errors {record['errors_total']}{lag_text}  "
             f"peak RSS {record['server']['peak_rss_mb']:.0f} MB  CPU server {record['server']['cpu_pct']:.0f}% "
-            f"(waited {record['server']['runqueue_wait_pct']:.0f}%) wrk {record['client']['cpu_pct']:.0f}% "
+            f"(waited {record['server']['runqueue_wait_pct']:.0f}%){pg_text} wrk {record['client']['cpu_pct']:.0f}% "
             f"(waited {record['client']['runqueue_wait_pct']:.0f}%)"
         )
         return record
+
+    def _measure(
+        self, run: Run, name: str, url: str, proc: Any, pg_pid: int, log: Path, pace_ms: int, record: dict[str, Any]
+    ) -> None:
+        """Set-up, warm-up, settle, then the measured wrk run; fills ``record``."""
+        opts = self.opts
+        plan = asyncio.run(self._setup(run, url))
+        plan_path = scenarios.write_plan(plan, self.raw / f"{name}.plan.tsv")
+        record["plan_requests"] = len(plan)
+        self.devstack_control(run.scenario.downstream_latency_ms)
+        say(f"      set-up done ({len(plan)} distinct requests); warm-up {opts.warmup_s:g} s ...")
+        warm = run_wrk(
+            url,
+            plan_path,
+            connections=run.scenario.connections,
+            # paced: long enough for the connections' cycles to spread out
+            duration_s=max(opts.warmup_s, 3 * (pace_ms + run.scenario.light_load_latency_ms) / 1000),
+            timeout_s=opts.timeout_s,
+            core=self.cores.client,
+            track_status=opts.track_status,
+            pace_ms=pace_ms,
+        )
+        record["warmup"] = {"rps": warm.rps, "errors": warm.errors_total}
+        record["settle_s"] = self.settle(url, proc.pid, run.target)
+        before = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
+        # the server with its workers (WORKERS > 1) and PostgreSQL with its backends are sampled as trees
+        pids = {"server": proc.pid, "devstack": self.devstack_pid, "runner": os.getpid()}
+        if pg_pid:
+            pids["postgres"] = pg_pid
+        with servers.Sampler(pids, interval=0.5, trees=("server", "postgres")) as sampler:
+
+            def tick(elapsed: float) -> None:
+                rss, fds = sampler.latest("server")
+                say(f"      measuring {elapsed:4.0f}/{opts.duration_s:g} s  server RSS {rss:6.1f} MB  fds {fds}")
+
+            say(f"      measuring {opts.duration_s:g} s ...")
+            result = run_wrk(
+                url,
+                plan_path,
+                connections=run.scenario.connections,
+                duration_s=opts.duration_s,
+                timeout_s=opts.timeout_s,
+                core=self.cores.client,
+                track_status=opts.track_status,
+                on_tick=tick,
+                pace_ms=pace_ms,
+                watch=self.watchdog(proc, log),
+            )
+        after = servers.scrape(url + "/metrics") if run.target == GATEWAY else {}
+        series = sampler.series["server"]
+        server_cpu = sampler.cpu_pct("server")
+        pg_cpu = sampler.cpu_pct("postgres") if pg_pid else 0.0
+        known = server_cpu + pg_cpu + sampler.cpu_pct("devstack") + sampler.cpu_pct("runner") + result.client_cpu_pct
+        record.update(
+            {
+                "rps": result.rps,
+                "requests": result.requests,
+                "duration_s": result.duration_s,
+                "latency_ms": result.latency_ms,
+                "errors": result.errors,
+                "errors_total": result.errors_total,
+                "statuses": result.statuses,
+                "lag": servers.lag_window(before, after) if run.target == GATEWAY else None,
+                "server": {
+                    "processes": series.processes,
+                    "peak_rss_mb": round(series.hwm_mb, 1),
+                    "rss_end_mb": series.rss_mb[-1] if series.rss_mb else None,
+                    "fds_end": series.fds[-1] if series.fds else None,
+                    "threads_end": series.threads[-1] if series.threads else None,
+                    "cpu_pct": round(server_cpu, 1),
+                    "runqueue_wait_pct": round(sampler.wait_pct("server"), 1),
+                },
+                "devstack_cpu_pct": round(sampler.cpu_pct("devstack"), 1),
+                "devstack_runqueue_wait_pct": round(sampler.wait_pct("devstack"), 1),
+                "runner_cpu_pct": round(sampler.cpu_pct("runner"), 1),
+                "cpu_busy_pct": sampler.core_busy,
+                "server_core_other_pct": self._other_load(sampler, pg_cpu) if run.workers == 1 else None,
+                # CPU used by processes outside the bench (other work on a shared machine), in % of one core
+                "other_cpu_pct": round(max(0.0, sum(sampler.core_busy.values()) - known), 1),
+                "client": {
+                    "cpu_pct": result.client_cpu_pct,
+                    "runqueue_wait_pct": result.client_runqueue_wait_pct,
+                    "cpu_s": result.client_cpu_s,
+                    "wall_s": result.client_wall_s,
+                    "command": result.command,
+                },
+            }
+        )
+        record["postgres"] = None  # the PostgreSQL server with its backends (scale runs on PostgreSQL)
+        if pg_pid:
+            record["postgres"] = {
+                "cpu_pct": round(pg_cpu, 1),
+                "runqueue_wait_pct": round(sampler.wait_pct("postgres"), 1),
+                "processes": sampler.series["postgres"].processes,
+            }
 
     @staticmethod
     def pace(run: Run, done: Sequence[dict[str, Any]]) -> tuple[int, float]:
@@ -361,16 +464,15 @@ class Bench:
         but queued work still runs): in-flight gauge back to the scrape itself (gateway) and the process
         idle for two consecutive half-second windows. Bounded."""
         started = time.monotonic()
-        first = servers.proc_stat(pid)
-        prev = first.cpu_s if first else 0.0
+        prev = servers.tree_cpu_s(pid) or 0.0  # with WORKERS > 1: the supervisor and its workers
         idle = 0
         while time.monotonic() - started < timeout_s:
             time.sleep(0.5)
-            st = servers.proc_stat(pid)
-            if st is None:
+            cpu_s = servers.tree_cpu_s(pid)
+            if cpu_s is None:
                 break
-            busy = (st.cpu_s - prev) / 0.5
-            prev = st.cpu_s
+            busy = (cpu_s - prev) / 0.5
+            prev = cpu_s
             drained = True
             if target == GATEWAY:
                 drained = servers.scrape(url + "/metrics").get("http_requests_in_flight", 0.0) <= 1
@@ -379,12 +481,13 @@ class Bench:
                 break
         return round(time.monotonic() - started, 1)
 
-    def _other_load(self, sampler: servers.Sampler) -> float | None:
-        """CPU time on the server's core not used by the server (other processes on a shared machine)."""
+    def _other_load(self, sampler: servers.Sampler, pg_cpu: float) -> float | None:
+        """CPU time on the server's core not used by the server (or its PostgreSQL): other processes on a shared
+        machine. One server CPU only (several are shared with the client: see ``other_cpu_pct``)."""
         if self.cores.server is None:
             return None
         busy = sampler.core_busy.get(self.cores.server, 0.0)
-        return round(max(0.0, busy - sampler.cpu_pct("server")), 1)
+        return round(max(0.0, busy - sampler.cpu_pct("server") - pg_cpu), 1)
 
     async def _setup(self, run: Run, url: str) -> list[scenarios.PlanLine]:
         async with Setup(url, self.devstack_url, self.opts.scale) as setup:
@@ -400,6 +503,8 @@ class Bench:
 
     def cleanup(self) -> None:
         servers.stop_all()
+        if self.pg is not None:
+            self.pg.remove()  # stops the server if a run left it up
         if self.opts.keep_workdir:
             say(f"work directory kept: {self.work}")
         else:
@@ -414,10 +519,11 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def run_bench(opts: Options) -> dict[str, Any]:
-    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline)
+    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline, scale_scenarios=opts.scale_scenarios)
     if not runs:
         raise SystemExit("nothing to run")
     bench = Bench(opts)
+    runs = bench.drop_postgres_runs(runs)
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     try:
@@ -426,9 +532,12 @@ def run_bench(opts: Options) -> dict[str, Any]:
             f"bench: {len(runs)} runs, {opts.duration_s:g} s each after {opts.warmup_s:g} s warm-up; "
             f"{bench.cores.describe()}; fd limit {servers.raise_fd_limit()}"
         )
+        machine = servers.machine_info()  # before pinning the runner: its usable CPUs are the machine's
         servers.pin_self(bench.cores.client)
         bench.start_devstack()
         bench.seed(sorted({r.target for r in runs}))
+        if any(r.engine == POSTGRES for r in runs):
+            bench.seed_postgres()
         for i, run in enumerate(runs, 1):
             results.append(bench.execute(i, len(runs), run, results))
     finally:
@@ -437,7 +546,7 @@ def run_bench(opts: Options) -> dict[str, Any]:
         "kind": "bench",
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": opts.command,
-        "machine": servers.machine_info(),
+        "machine": machine,
         "code": bench.code_info,
         "pinning": dataclasses.asdict(bench.cores) | {"description": bench.cores.describe()},
         "config": {
@@ -451,10 +560,17 @@ def run_bench(opts: Options) -> dict[str, Any]:
             "nice": opts.nice,
             "quick": opts.quick,
             "groups": opts.groups,
+            "scale_scenarios": list(opts.scale_scenarios),
+            "pg_synchronous_commit": opts.pg_synchronous_commit,
         },
         "elapsed_s": round(time.monotonic() - started, 1),
         "runs": results,
     }
+    if "scale" in opts.groups:
+        pg_info: dict[str, Any] = {"skipped": bench.pg_skipped} if bench.pg_skipped else {}
+        if bench.pg is not None:
+            pg_info = bench.pg.describe()
+        data["scale_info"] = {"pinning": bench.cores.describe_scale(), "postgres": pg_info}
     data = report.summarize(data)
     paths = report.write_bench(data, opts.out)
     say("\n" + report.bench_markdown(data))
@@ -525,13 +641,30 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help="niceness of servers, downstream and wrk, applied to their scheduler autogroups too, so other work on "
         "a shared machine cannot starve them (default: -10 as root, else 0)",
     )
+    parser.add_argument(
+        "--scale-scenarios",
+        default=",".join(scenarios.SCALE_SCENARIOS),
+        help=f"scenarios of the scale group (default {','.join(scenarios.SCALE_SCENARIOS)}; any of "
+        f"{', '.join(scenarios.SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--pg-synchronous-commit",
+        choices=("off", "on"),
+        default="off",
+        help="synchronous_commit of the scale group's PostgreSQL (default off, the nearest to the gateway's SQLite "
+        "default DB_SYNCHRONOUS=NORMAL: commits acknowledged before they are flushed; fsync stays on either way)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep databases and logs (in /tmp)")
     parser.add_argument("--soak", action="store_true", help="run the soak test instead of the benchmark")
     parser.add_argument("--soak-duration", type=float, default=600.0, help="soak seconds (default 600)")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     groups = [g.strip() for g in args.scenarios.split(",") if g.strip()]
-    scenarios.plan_runs(groups)  # validates names early
+    scale_scenarios = tuple(n.strip() for n in args.scale_scenarios.split(",") if n.strip())
+    try:
+        scenarios.plan_runs(groups, scale_scenarios=scale_scenarios)  # validates names early
+    except ValueError as exc:
+        parser.error(str(exc))
     return Options(
         groups=groups,
         duration_s=args.duration if args.duration is not None else (2.0 if quick else 15.0),
@@ -550,6 +683,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         nice=args.nice,
         quiet_busy_pct=args.quiet_busy,
         quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (3.0 if quick else 15.0),
+        pg_synchronous_commit=args.pg_synchronous_commit,
+        scale_scenarios=scale_scenarios,
         command="python -m bench.run"
         + ("" if argv is None and len(sys.argv) <= 1 else " " + " ".join(argv if argv is not None else sys.argv[1:])),
     )

@@ -22,7 +22,7 @@ GATEWAY = "gateway"
 BASELINE = "baseline"
 
 # Scenario groups selectable with --scenarios (rag expands to the three concurrencies).
-GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag")
+GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag", "scale")
 # "lag": the gateway again at about half the throughput it reached saturated (paced wrk), so the event-loop lag
 # shows blocking calls rather than the queueing every closed-loop saturating load causes.
 LAG_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c1000", "mixed")
@@ -31,6 +31,17 @@ PACED = "~50% load"
 RAG_CONNECTIONS = (100, 500, 1000)
 TRANSPORT_CONNECTIONS = (100, 1000)
 RAG_LATENCY_MS = 100
+# "scale": the same scenarios (same seeded data, same plans) on SQLite and PostgreSQL with one and two worker
+# processes behind one port; only the gateway's environment and its CPUs differ (bench/README.md, "Scale-out").
+SQLITE = "sqlite"
+POSTGRES = "postgres"
+SCALE_SCENARIOS = ("read", "write", "rag_c500")
+SCALE_CONFIGS: tuple[tuple[str, int], ...] = ((SQLITE, 1), (SQLITE, 2), (POSTGRES, 1), (POSTGRES, 2))
+
+
+def scale_variant(engine: str, workers: int) -> str:
+    return f"{engine} WORKERS={workers}"
+
 
 CORPUS = [
     "Photosynthesis is the process by which green plants convert light energy into chemical energy. "
@@ -284,6 +295,8 @@ class Run:
     env: tuple[tuple[str, str], ...] = ()
     group: str = ""
     paced: bool = False
+    engine: str = SQLITE  # POSTGRES: the runner gives the gateway a fresh PostgreSQL database (DATABASE_URL)
+    workers: int = 1  # WORKERS; the server gets that many CPUs (servers.Cores.server_cores)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -346,11 +359,17 @@ OVERHEAD_SPLIT = [
 ]
 
 
-def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
-    """The ordered, de-duplicated list of runs for the selected groups."""
+def plan_runs(
+    groups: Sequence[str], *, baseline: bool = True, scale_scenarios: Sequence[str] = SCALE_SCENARIOS
+) -> list[Run]:
+    """The ordered, de-duplicated list of runs for the selected groups (``scale_scenarios``: the scenarios of the
+    ``scale`` group)."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown scenario group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}")
+    unknown = set(scale_scenarios) - set(SCENARIOS)
+    if unknown or not scale_scenarios:
+        raise ValueError(f"unknown scale scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     runs: list[Run] = []
 
     def add(
@@ -360,8 +379,11 @@ def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
         variant: str = "default",
         env: dict[str, str] | None = None,
         paced: bool = False,
+        engine: str = SQLITE,
+        workers: int = 1,
     ) -> None:
-        run = Run(SCENARIOS[scenario], target, variant, tuple(sorted((env or {}).items())), group, paced)
+        env_items = tuple(sorted((env or {}).items()))
+        run = Run(SCENARIOS[scenario], target, variant, env_items, group, paced, engine, workers)
         if all(r.key != run.key for r in runs):
             runs.append(run)
 
@@ -399,4 +421,10 @@ def plan_runs(groups: Sequence[str], *, baseline: bool = True) -> list[Run]:
             add(name, GATEWAY, "lag")  # the saturated run it is paced from (already there unless deselected)
         for name in LAG_SCENARIOS:
             add(name, GATEWAY, "lag", PACED, paced=True)
+    if "scale" in groups:
+        # scenario by scenario, the four configurations back to back: their ratios come from neighbouring runs
+        for name in scale_scenarios:
+            for engine, workers in SCALE_CONFIGS:
+                env = {"WORKERS": str(workers)}
+                add(name, GATEWAY, "scale", scale_variant(engine, workers), env, engine=engine, workers=workers)
     return runs

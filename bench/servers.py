@@ -34,18 +34,62 @@ CHILDREN: list[subprocess.Popen[bytes]] = []
 # ------------------------------------------------------------------------------------------- machine
 
 
+CoreSet = int | tuple[int, ...] | None  # one CPU, several, or not pinned
+
+
 @dataclass(frozen=True)
 class Cores:
-    """Which CPU each party runs on (``None``: not pinned, e.g. on a 1-core machine)."""
+    """Which CPU each party runs on (``None``: not pinned, e.g. on a 1-core machine); ``cpus``: every usable one."""
 
     server: int | None
     client: int | None
     downstream: int | None
+    cpus: tuple[int, ...] = ()
 
     def describe(self) -> str:
         if self.server is None:
             return "not pinned (fewer than 2 usable CPUs)"
         return f"server on CPU {self.server}, wrk on CPU {self.client}, reference downstream on CPU {self.downstream}"
+
+    def server_cores(self, n: int) -> CoreSet:
+        """CPUs for a server of ``n`` processes (``WORKERS=n``, its PostgreSQL alongside): the server's own CPU,
+        then CPUs nobody else is pinned to, then, on a small machine, the client's and downstream's CPUs (shared
+        with them: the scale-out runs say so). One process keeps the single ``server`` CPU."""
+        if self.server is None or n <= 1:
+            return self.server
+        spare = [c for c in self.cpus if c not in (self.server, self.client, self.downstream)]
+        shared = [c for c in dict.fromkeys((self.client, self.downstream)) if c is not None and c != self.server]
+        return tuple(sorted([self.server, *(spare + shared)][:n]))
+
+    def describe_scale(self) -> str:
+        """How the scale-out runs are pinned, and what that means for their ratios."""
+        if self.server is None:
+            return "not pinned (fewer than 2 usable CPUs): every process floats over the machine"
+        two = ",".join(str(c) for c in core_list(self.server_cores(2)))
+        text = (
+            f"WORKERS=1: the gateway (and its PostgreSQL) on CPU {self.server}; WORKERS=2: the gateway's processes "
+            f"(and its PostgreSQL) on CPUs {two}; wrk on CPU {self.client}, the reference downstream on CPU "
+            f"{self.downstream}"
+        )
+        if self.shares_client(self.server_cores(2)):
+            text += (
+                f". With {len(self.cpus)} CPUs the 2-worker server shares a CPU with wrk and the downstream: the "
+                "WORKERS=1 side leaves a core the server cannot use (the comparison is of one process against two "
+                "on this machine, not of one core against two), and the WORKERS=2 side's gain is understated by "
+                "what wrk and the downstream take from the shared CPU (their CPU % is reported per run)"
+            )
+        return text
+
+    def shares_client(self, cores: CoreSet) -> bool:
+        """Whether ``cores`` include wrk's (or the downstream's) CPU."""
+        chosen = core_list(cores)
+        return any(c in chosen for c in (self.client, self.downstream) if c is not None)
+
+
+def core_list(cores: CoreSet) -> tuple[int, ...]:
+    if cores is None:
+        return ()
+    return (cores,) if isinstance(cores, int) else tuple(cores)
 
 
 def plan_cores() -> Cores:
@@ -53,8 +97,8 @@ def plan_cores() -> Cores:
     if there is one, else sharing wrk's CPU (so nothing but the server under test ever runs on its CPU)."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 or shutil.which("taskset") is None:
-        return Cores(None, None, None)
-    return Cores(cpus[0], cpus[1], cpus[2] if len(cpus) > 2 else cpus[1])
+        return Cores(None, None, None, tuple(cpus))
+    return Cores(cpus[0], cpus[1], cpus[2] if len(cpus) > 2 else cpus[1], tuple(cpus))
 
 
 def pin_self(core: int | None) -> None:
@@ -67,10 +111,10 @@ def pin_self(core: int | None) -> None:
 NICE = 0  # set by the runner (--nice): applied to every benchmark child
 
 
-def pinned(cmd: list[str], core: int | None) -> list[str]:
+def pinned(cmd: list[str], core: CoreSet) -> list[str]:
     """``taskset`` (and ``nice``) exec the command, so the child's pid is the command's own pid."""
     if core is not None:
-        cmd = ["taskset", "-c", str(core), *cmd]
+        cmd = ["taskset", "-c", ",".join(str(c) for c in core_list(core)), *cmd]
     if NICE:
         cmd = ["nice", "-n", str(NICE), *cmd]
     return cmd
@@ -217,40 +261,132 @@ def runqueue_wait_s(pid: int) -> float | None:
     return total / 1e9
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant (a ``WORKERS`` supervisor's workers, a postmaster's backends); ``[]``
+    once ``pid`` is gone. From /proc/<pid>/task/*/children where the kernel has it, else the parent pids in
+    /proc/*/stat (a scan of every process: slower)."""
+    if not Path(f"/proc/{pid}").exists():
+        return []
+    if not Path(f"/proc/{pid}/task/{pid}/children").exists():
+        return _process_tree_by_scan(pid)
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
+    return out
+
+
+def _process_tree_by_scan(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of ``pid`` and its live descendants; None once ``pid`` is gone."""
+    stats = [st for p in process_tree(pid) if (st := proc_stat(p)) is not None]
+    return sum(st.cpu_s for st in stats) if stats else None
+
+
 @dataclass
 class Series:
     t: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
-    hwm_mb: float = 0.0
+    hwm_mb: float = 0.0  # peak RSS: of the process, or (a tree) the sum of its processes' peaks
+    processes: int = 1  # the most processes seen at once (a tree)
+
+
+@dataclass
+class _Group:
+    """One sampled party: a process, or (``tree``) a process and its descendants, found again at every sample
+    (workers are replaced, backends come and go). CPU and run-queue wait are summed per pid over the window; a
+    pid first seen during the window counts from zero (it started during it)."""
+
+    pid: int
+    tree: bool
+    cpu0: dict[int, float] = field(default_factory=dict)
+    cpu1: dict[int, float] = field(default_factory=dict)
+    wait0: dict[int, float] = field(default_factory=dict)
+    wait1: dict[int, float] = field(default_factory=dict)
+    hwm: dict[int, int] = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        return process_tree(self.pid) if self.tree else [self.pid]
+
+    def start(self) -> None:
+        for pid in self.pids():
+            st = proc_stat(pid)
+            if st is not None:
+                self.cpu0[pid] = self.cpu1[pid] = st.cpu_s
+            wait = runqueue_wait_s(pid)
+            if wait is not None:
+                self.wait0[pid] = self.wait1[pid] = wait
+
+    def sample(self) -> tuple[int, int, int, int] | None:
+        """Update CPU / wait / peaks; return (rss bytes, fds, threads, processes) summed, or None if all gone."""
+        rss = fds = threads = n = 0
+        for pid in self.pids():
+            st = proc_stat(pid)
+            if st is None:
+                continue
+            n += 1
+            rss, fds, threads = rss + st.rss_bytes, fds + st.fds, threads + st.threads
+            self.cpu0.setdefault(pid, 0.0)
+            self.cpu1[pid] = st.cpu_s
+            self.hwm[pid] = max(self.hwm.get(pid, 0), st.hwm_bytes)
+            wait = runqueue_wait_s(pid)
+            if wait is not None:
+                self.wait0.setdefault(pid, 0.0)
+                self.wait1[pid] = wait
+        return (rss, fds, threads, n) if n else None
+
+    def cpu_s(self) -> float:
+        return sum(self.cpu1[p] - self.cpu0[p] for p in self.cpu1)
+
+    def wait_s(self) -> float:
+        return sum(self.wait1[p] - self.wait0[p] for p in self.wait1)
 
 
 class Sampler:
-    """Samples RSS / fds / threads of some processes every ``interval`` seconds, in a thread."""
+    """Samples RSS / fds / threads of some processes every ``interval`` seconds, in a thread. Names listed in
+    ``trees`` are sampled with their descendants (summed)."""
 
-    def __init__(self, pids: Mapping[str, int], interval: float = 0.5) -> None:
-        self.pids = dict(pids)
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.5, *, trees: Iterable[str] = ()) -> None:
+        tree_names = set(trees)
+        self.groups = {name: _Group(pid, name in tree_names) for name, pid in pids.items()}
         self.interval = interval
-        self.series = {name: Series() for name in self.pids}
-        self.cpu_start: dict[str, float] = {}
-        self.cpu_end: dict[str, float] = {}
+        self.series = {name: Series() for name in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="proc-sampler", daemon=True)
         self._t0 = 0.0
         self._wall = 0.0
         self._cpus0: dict[int, tuple[int, int]] = {}
         self.core_busy: dict[int, float] = {}
-        self.wait_start: dict[str, float] = {}
-        self.wait_end: dict[str, float] = {}
 
     def __enter__(self) -> Sampler:
         self._t0 = time.monotonic()
         self._cpus0 = cpu_times()
-        for name, pid in self.pids.items():
-            st = proc_stat(pid)
-            self.cpu_start[name] = st.cpu_s if st else 0.0
-            self.wait_start[name] = runqueue_wait_s(pid) or 0.0
+        for group in self.groups.values():
+            group.start()
         self._sample()
         self._thread.start()
         return self
@@ -261,24 +397,21 @@ class Sampler:
         self._sample()
         self._wall = time.monotonic() - self._t0
         self.core_busy = busy_pct(self._cpus0, cpu_times())
-        for name, pid in self.pids.items():
-            st = proc_stat(pid)
-            self.cpu_end[name] = st.cpu_s if st else self.cpu_start[name]
-            wait = runqueue_wait_s(pid)
-            self.wait_end[name] = wait if wait is not None else self.wait_start[name]
 
     def _sample(self) -> None:
         now = time.monotonic() - self._t0
-        for name, pid in self.pids.items():
-            st = proc_stat(pid)
-            if st is None:
+        for name, group in self.groups.items():
+            got = group.sample()
+            if got is None:
                 continue
+            rss, fds, threads, n = got
             s = self.series[name]
             s.t.append(round(now, 2))
-            s.rss_mb.append(round(st.rss_bytes / 2**20, 2))
-            s.fds.append(st.fds)
-            s.threads.append(st.threads)
-            s.hwm_mb = max(s.hwm_mb, st.hwm_bytes / 2**20)
+            s.rss_mb.append(round(rss / 2**20, 2))
+            s.fds.append(fds)
+            s.threads.append(threads)
+            s.hwm_mb = max(s.hwm_mb, sum(group.hwm.values()) / 2**20)
+            s.processes = max(s.processes, n)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -289,16 +422,16 @@ class Sampler:
         return (s.rss_mb[-1], s.fds[-1]) if s.t else (0.0, 0)
 
     def wait_pct(self, name: str) -> float:
-        """Run-queue wait over the window, as % of wall time (summed over threads)."""
+        """Run-queue wait over the window, as % of wall time (summed over threads and processes)."""
         if self._wall <= 0:
             return 0.0
-        return 100.0 * (self.wait_end.get(name, 0.0) - self.wait_start.get(name, 0.0)) / self._wall
+        return 100.0 * self.groups[name].wait_s() / self._wall
 
     def cpu_pct(self, name: str) -> float:
-        """Busy share of one CPU over the sampled window (100 = one core fully busy)."""
+        """Busy share of one CPU over the sampled window (100 = one core fully busy; a tree can exceed it)."""
         if self._wall <= 0:
             return 0.0
-        return 100.0 * (self.cpu_end.get(name, 0.0) - self.cpu_start.get(name, 0.0)) / self._wall
+        return 100.0 * self.groups[name].cpu_s() / self._wall
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -342,7 +475,7 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
-    core: int | None = None,
+    core: CoreSet = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, output to ``log`` (or discarded), registered for cleanup."""
@@ -425,6 +558,24 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.0,
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s\n{tail(log)}")
 
 
+def wait_workers(
+    metrics_url: str, workers: int, proc: subprocess.Popen[bytes], *, timeout: float = 60.0, log: Path | None = None
+) -> None:
+    """With ``WORKERS`` > 1 the first worker answers ready before the others have started: wait until /metrics
+    shows every worker's loop-lag gauge (one series per live worker, label pid)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} while its workers started\n{tail(log)}")
+        with contextlib.suppress(OSError, RuntimeError):
+            seen = sum(1 for key in scrape(metrics_url) if key.startswith(LAG_MAX + "{"))
+            if seen >= workers:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"only {seen} of {workers} workers reported in /metrics within {timeout:.0f} s\n{tail(log)}")
+
+
 def tail(path: Path | None, lines: int = 30) -> str:
     if path is None or not path.exists():
         return ""
@@ -486,8 +637,8 @@ def lag_window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[
     """Event-loop lag over a window, from two scrapes (the histogram is cumulative since start-up).
 
     ``p99_le_s``: the smallest bucket bound holding >= 99% of the window's samples (so "p99 <= this");
-    ``max_s``: exact when the max gauge rose during the window, else bounded by the highest non-empty
-    bucket of the window (never above the since-start gauge).
+    ``max_s``: exact when the max gauge (each worker's, with ``WORKERS`` > 1) rose during the window, else
+    bounded by the highest non-empty bucket of the window (never above the since-start gauge).
     """
     b0 = dict(lag_buckets(before))
     b1 = lag_buckets(after)
@@ -503,13 +654,20 @@ def lag_window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[
         if p99_le is None and total > 0 and cum >= 0.99 * total:
             p99_le = le
         prev_cum, prev_le = cum, le
-    gauge_before = before.get(LAG_MAX, 0.0)
-    gauge_after = after.get(LAG_MAX, 0.0)
-    if gauge_after > gauge_before:
-        max_s: float | None = gauge_after
+    # one max gauge per worker with WORKERS > 1 (label pid), a bare one otherwise
+    gauges_before = lag_max_gauges(before)
+    gauges_after = lag_max_gauges(after)
+    rose = [v for key, v in gauges_after.items() if v > gauges_before.get(key, 0.0)]
+    gauge_after = max(gauges_after.values(), default=0.0)
+    if rose and len(rose) == len(gauges_after):
+        max_s: float | None = max(rose)
         exact = True
     else:
-        max_s = min(gauge_after, top_bucket) if top_bucket is not None else None
+        # the gauges that did not rise bound their worker's window max by the histogram's top bucket
+        rest = [v for key, v in gauges_after.items() if v <= gauges_before.get(key, 0.0)]
+        bounded = min(max(rest, default=0.0), top_bucket) if top_bucket is not None else None
+        candidates = [v for v in (*rose, bounded) if v is not None]
+        max_s = max(candidates) if candidates else None
         exact = False
     return {
         "samples": int(total),
@@ -518,3 +676,8 @@ def lag_window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[
         "max_exact": exact,
         "max_since_start_s": gauge_after,
     }
+
+
+def lag_max_gauges(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``event_loop_lag_max_seconds`` series by their full key (``...{pid="123"}`` per worker)."""
+    return {k: v for k, v in metrics.items() if k == LAG_MAX or k.startswith(LAG_MAX + "{")}

@@ -64,7 +64,7 @@ def soak(bench: Bench, opts: Options) -> dict[str, Any]:
     db = bench.fresh_db(GATEWAY, "soak")
     log = bench.work / "logs" / "soak.log"
     bench.devstack_control(0, clear=True)
-    proc, url = bench.start_server(GATEWAY, {}, db, log)
+    proc, url = bench.start_server(GATEWAY, {}, db, log, bench.cores.server)
     interval = max(1.0, min(5.0, duration / 120))
     try:
         plan = asyncio.run(bench._setup(run, url))

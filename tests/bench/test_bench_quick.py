@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import postgres
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 MISSING = "needs wrk (`make test` installs it with apt-get) and Linux /proc"
@@ -109,3 +111,40 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert list((out / "raw").glob("*/*.plan.tsv"))
     # every child (servers, downstream, wrk) is gone
     assert _processes_mentioning(str(out)) == []
+
+
+def test_quick_scale_run_compares_workers_and_engines(tmp_path: Path) -> None:
+    """The scale group on one scenario: SQLite and PostgreSQL (the bench's own cluster), 1 and 2 workers."""
+    missing = postgres.unavailable()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"the scale bench test cannot run under CI: {missing}")
+        pytest.skip(missing)
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--scenarios", "scale", "--scale-scenarios", "read"]
+    cmd += ["--duration", "1", "--warmup", "1", "--sessions", "300", "--quiet-wait", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    data = json.loads((out / "bench.json").read_text())
+    runs = {(r["engine"], r["workers"]): r for r in data["runs"]}
+    assert set(runs) == {("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2)}
+    for key, r in runs.items():
+        assert r["scenario"] == "read" and r["group"] == "scale", key
+        assert r["requests"] > 0 and r["errors_total"] == 0 and set(r["statuses"]) == {"200"}, key
+        assert r["server_exit_code"] in (0, -15) and r["server_log_error_lines"] == 0, key
+        # the supervisor and its workers are sampled together; PostgreSQL with its backends
+        assert r["server"]["processes"] == (1 if r["workers"] == 1 else 3), key
+        assert r["lag"]["samples"] > 0, key
+        assert (r["postgres"] is not None and r["postgres"]["processes"] > 1) == (r["engine"] == "postgres"), key
+        assert len(r["server_cores"]) == min(r["workers"], data["machine"]["nproc"]), key
+    assert "DATABASE_URL" not in json.dumps(data["runs"]) and "CURSOR_SECRET" not in json.dumps(data["runs"])
+    ratios = {r["ratio"]: r["rps"] for r in data["scale"]["ratios"]}
+    assert all(v is not None and v > 0 for v in ratios.values()) and len(ratios) == 4
+    assert data["scale_info"]["postgres"]["settings"]["fsync"] == "on"
+    assert data["config"]["seeds"]["postgres"]["bytes"] > 0
+
+    md = (out / "bench.md").read_text()
+    assert "## Scale-out" in md and "| read | postgres | 2 |" in md and "PostgreSQL 2 / PostgreSQL 1" in md
+    # every child is gone, the bench's PostgreSQL included
+    assert _processes_mentioning(str(out)) == [] and _processes_mentioning("bench-pg-") == []

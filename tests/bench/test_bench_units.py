@@ -1,12 +1,17 @@
-"""Pure parts of the bench: wrk output parsing, lag windows from two /metrics scrapes, run planning."""
+"""Pure parts of the bench: wrk output parsing, lag windows from two /metrics scrapes, run planning, the scale-out
+report, CPU plans for several workers, process-tree sampling."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import report, scenarios, servers
+from bench import postgres, report, scenarios, servers
 from bench.wrk import parse_output, summarize
 
 WRK_STDOUT = """Running 2s test @ http://127.0.0.1:1
@@ -109,3 +114,141 @@ def test_targets_are_evaluated_from_runs() -> None:
     assert met["read: gateway >= 2 x baseline"] is True
     assert met["gateway RSS < 200 MB at peak"] is True
     assert data["client_check"]["runs_with_busy_client"] == []
+
+
+def test_lag_window_with_one_max_gauge_per_worker() -> None:
+    # WORKERS=2: the histogram is summed over workers; the max gauge is one series per worker (label pid)
+    def scrape(gauges: dict[str, float], counts: list[float]) -> dict[str, float]:
+        out = _scrape(0.0, counts)
+        del out["event_loop_lag_max_seconds"]
+        return out | {f'event_loop_lag_max_seconds{{pid="{pid}"}}': v for pid, v in gauges.items()}
+
+    before = scrape({"1": 0.3, "2": 0.004}, [100] * 11)
+    # worker 2's gauge rose to 9 ms; worker 1's (a 0.3 s start-up spike) did not: its window max is only bounded
+    after = scrape({"1": 0.3, "2": 0.009}, [190, 195, 198, 198, 200, 200, 200, 200, 200, 200, 200])
+    lag = servers.lag_window(before, after)
+    assert lag["samples"] == 100
+    assert lag["max_s"] == 0.01 and lag["max_exact"] is False  # bounded by the top bucket, not the 0.3 s spike
+    assert lag["max_since_start_s"] == 0.3
+    # both rose: exact, the larger of the two
+    after_both = scrape({"1": 0.31, "2": 0.009}, [190, 195, 198, 198, 200, 200, 200, 200, 200, 200, 201])
+    lag = servers.lag_window(before, after_both)
+    assert lag["max_s"] == 0.31 and lag["max_exact"] is True
+
+
+def test_plan_runs_scale_group_puts_the_four_configurations_of_a_scenario_together() -> None:
+    runs = scenarios.plan_runs(["scale"], baseline=True)
+    assert all(r.target == "gateway" and r.group == "scale" for r in runs)  # no baseline in this group
+    assert [r.scenario.name for r in runs] == [n for n in scenarios.SCALE_SCENARIOS for _ in scenarios.SCALE_CONFIGS]
+    first = [(r.engine, r.workers) for r in runs[: len(scenarios.SCALE_CONFIGS)]]
+    assert first == list(scenarios.SCALE_CONFIGS)
+    assert all(dict(r.env) == {"WORKERS": str(r.workers)} for r in runs)  # the runner adds DATABASE_URL per run
+    assert "scale" in scenarios.GROUPS
+    # selected together with read, the default read run stays its own run
+    keys = [r.key for r in scenarios.plan_runs(["read", "scale"], baseline=False)]
+    assert keys[0] == ("read", "gateway", "default") and len(keys) == len(set(keys)) == 1 + len(runs)
+
+
+def test_server_cores_for_workers_on_small_and_large_machines() -> None:
+    two = servers.Cores(0, 1, 1, (0, 1))
+    assert two.server_cores(1) == 0
+    assert two.server_cores(2) == (0, 1) and two.shares_client((0, 1)) and not two.shares_client(0)
+    assert "shares a CPU with wrk" in two.describe_scale()
+    four = servers.Cores(0, 1, 2, (0, 1, 2, 3))
+    assert four.server_cores(2) == (0, 3) and not four.shares_client((0, 3))  # a spare CPU first
+    assert "shares" not in four.describe_scale()
+    assert servers.Cores(None, None, None, (0,)).server_cores(2) is None
+    assert servers.pinned(["x"], (0, 3))[:3] == ["taskset", "-c", "0,3"]
+
+
+def _scale_run(engine: str, workers: int, scenario: str, rps: float, p99: float) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "target": "gateway",
+        "variant": scenarios.scale_variant(engine, workers),
+        "group": "scale",
+        "connections": 64,
+        "engine": engine,
+        "workers": workers,
+        "server_cores": [0] if workers == 1 else [0, 1],
+        "server_shares_client_core": workers > 1,
+        "rps": rps,
+        "latency_ms": {"p50": 1.0, "p95": 5.0, "p99": p99, "max": 20.0},
+        "errors_total": 0,
+        "lag": {"p99_le_s": 0.002, "max_s": 0.01},
+        "server": {"peak_rss_mb": 250.0, "cpu_pct": 99.0 * workers},
+        "postgres": {"cpu_pct": 30.0} if engine == "postgres" else None,
+        "client": {"cpu_pct": 20.0, "runqueue_wait_pct": 0.0},
+        "other_cpu_pct": 3.0,
+    }
+
+
+def test_scale_rows_ratios_and_markdown() -> None:
+    runs = [
+        _scale_run("sqlite", 1, "read", 10000, 10.0),
+        _scale_run("sqlite", 2, "read", 15000, 8.0),
+        _scale_run("postgres", 1, "read", 4000, 20.0),
+        _scale_run("postgres", 2, "read", 7000, 16.0),
+        _scale_run("sqlite", 1, "write", 3000, 30.0),  # write: PostgreSQL skipped
+        _scale_run("sqlite", 2, "write", 3000, 60.0),
+    ]
+    data = report.summarize({"runs": runs})
+    ratios = {(r["scenario"], r["ratio"]): (r["rps"], r["p99"]) for r in data["scale"]["ratios"]}
+    assert ratios[("read", "WORKERS=2 / WORKERS=1 (SQLite)")] == (1.5, 0.8)
+    assert ratios[("read", "PostgreSQL 1 / SQLite 1")] == (0.4, 2.0)
+    assert ratios[("read", "PostgreSQL 2 / PostgreSQL 1")] == (1.75, 0.8)
+    assert ratios[("write", "WORKERS=2 / WORKERS=1 (SQLite)")] == (1.0, 2.0)
+    assert ratios[("write", "PostgreSQL 2 / PostgreSQL 1")] == (None, None)
+    assert len(data["scale"]["rows"]) == 6
+    # the 2-process servers' summed RSS is not held to the single process's 200 MB target
+    assert all(t["target"] != "gateway RSS < 200 MB at peak" for t in data["targets"])
+
+    data |= {
+        "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 1, "kernel": "k", "python": "3", "wrk": "w"},
+        "pinning": {"description": "d"},
+        "command": "c",
+        "created": "t",
+        "elapsed_s": 1.0,
+        "config": {"sessions_seeded": 1, "warmup_s": 1, "duration_s": 1, "wrk_timeout_s": 1, "loop_lag_interval_s": 1},
+        "scale_info": {"pinning": "p", "postgres": {"skipped": "no binaries"}},
+    }
+    md = report.bench_markdown(data)
+    assert "## Scale-out" in md and "## Results" not in md  # the scale group alone: no main table
+    assert "| read | postgres | 2 | 0,1 (one shared with wrk) | 64 | 7,000 |" in md
+    assert "| write | 1.00 x (2.00 x) | n/a | n/a | n/a |" in md
+    assert "PostgreSQL runs skipped: no binaries" in md
+
+
+def test_postgres_unavailable_names_what_is_missing(tmp_path: Path) -> None:
+    assert "postgresql" in (postgres.unavailable(tmp_path) or "")  # no server binaries: the Debian package named
+    bindir = tmp_path / "15" / "bin"
+    bindir.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl"):
+        (bindir / name).touch()
+    assert postgres.find_bindir(tmp_path) == bindir
+    assert "psql" in (postgres.unavailable(tmp_path) or "")
+
+
+def test_sampler_follows_a_process_tree() -> None:
+    # a parent with two busy children: the tree's CPU is theirs, the parent's own is ~0
+    code = (
+        "import subprocess, sys, time\n"
+        "busy = 'import time\\nend = time.monotonic() + 1.5\\nwhile time.monotonic() < end: pass'\n"
+        "kids = [subprocess.Popen([sys.executable, '-c', busy]) for _ in range(2)]\n"
+        "[k.wait() for k in kids]\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):  # both children started (bounded)
+            if len(servers.process_tree(parent.pid)) == 3:
+                break
+            time.sleep(0.05)
+        assert len(servers.process_tree(parent.pid)) == 3
+        assert sorted(servers.process_tree(parent.pid)) == sorted(servers._process_tree_by_scan(parent.pid))
+        with servers.Sampler({"tree": parent.pid, "alone": parent.pid}, interval=0.2, trees=("tree",)) as sampler:
+            time.sleep(0.8)
+        assert sampler.series["tree"].processes == 3 and sampler.series["alone"].processes == 1
+        assert sampler.cpu_pct("tree") > sampler.cpu_pct("alone")  # the children's CPU counts, the parent's is ~0
+    finally:
+        parent.wait(timeout=30)
+    assert servers.process_tree(parent.pid) == []
