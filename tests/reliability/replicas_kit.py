@@ -32,7 +32,9 @@ COUNT = 3
 
 
 def replica_env(dsn: str) -> dict[str, str]:
-    return {"DATABASE_URL": dsn, "CURSOR_SECRET": CURSOR_SECRET, "DB_POOL_SIZE": "6", "DB_POOL_TIMEOUT_S": "2"}
+    """A replica's database settings: 3 x 6 connections; a pool wait of 5 s (< the request timeout) so a busy CI
+    machine does not turn a slow moment into a 503 where the tests expect none (a refused connect fails at once)."""
+    return {"DATABASE_URL": dsn, "CURSOR_SECRET": CURSOR_SECRET, "DB_POOL_SIZE": "6", "DB_POOL_TIMEOUT_S": "5"}
 
 
 class Replicas:
