@@ -101,7 +101,9 @@ def create_app(
             observe_db = metrics.db_op if settings.metrics_enabled else None
             try:
                 storage = open_storage(settings, observer=observe_db)
-                await storage.open()
+                # SQLite migrates here; on PostgreSQL the migration is a one-off job, and a replica finding an
+                # older schema starts not-ready (a newer one is refused by open either way)
+                await storage.open(run_migrations=storage.migrates_on_start)
             except Exception as exc:
                 raise StartupError(f"cannot open the database {_database_named(settings)}", exc) from exc
             opened.push_async_callback(storage.close)

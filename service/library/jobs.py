@@ -18,7 +18,7 @@ from service.auth import Principal
 from service.errors import ApiError, NotFound
 from service.rag.models import ProcessForm
 from service.rag.operations import Rag
-from service.storage import JobProgress, LeaseLost, Storage
+from service.storage import JobProgress, LeaseLost, Storage, StorageUnavailable
 from service.timeutil import iso
 
 log = logging.getLogger("service.jobs")
@@ -96,6 +96,8 @@ class JobRunner:
                         task.add_done_callback(self._done)
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable as exc:  # the engine down or restarting: one line a round, no traceback
+                log.warning("ingestion job runner: claiming failed: %s", exc)
             except Exception:  # the database busy or closing: try again next round
                 log.exception("ingestion job runner: claiming failed")
             self.wake.clear()

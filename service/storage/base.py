@@ -240,6 +240,9 @@ class Storage(Protocol):
     jobs: JobStore
     migrations_applied: list[str]  # what ``open(run_migrations=True)`` did, for the log
     target_schema_version: int  # the version this build migrates to: readiness wants exactly it
+    # Whether ``serve`` migrates at start: SQLite yes (an embedded file, one host); PostgreSQL no, its migration is
+    # the one-off job ``python -m service migrate`` and a replica on an older schema reports not-ready instead.
+    migrates_on_start: bool
 
     async def open(self, *, run_migrations: bool = True) -> None:
         """Connect (and migrate, exactly once however many processes start together); a failure closes what it

@@ -19,6 +19,7 @@ the next acquire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
     """Pool reset on release: nothing beyond asyncpg's own rollback of an open transaction (see module doc)."""
+
+
+def _lost(conn: asyncpg.Connection) -> bool:
+    """Whether the connection is gone: closed, or already taken back by the pool (the clean-up of a lost
+    connection detaches its pool proxy, and then even ``is_closed()`` raises ``InterfaceError``)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    """Give a dead connection back to the pool for good (``terminate`` frees its pool slot; the next acquire
+    connects anew). Without it, a connection asyncpg marked closed without its clean-up keeps its slot forever,
+    and a pool of one answers 503 from then on."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # already detached: the pool has taken it back
+        conn.terminate()
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
@@ -125,14 +143,21 @@ class Engine:
             except _UNAVAILABLE as exc:
                 raise _unavailable(exc) from exc
             except asyncpg.InterfaceError as exc:
-                if conn.is_closed():  # "connection is closed": lost before this call
+                if _lost(conn):  # "the underlying connection is closed": lost before or during this call
+                    _discard(conn)
                     raise _unavailable(exc) from exc
                 raise
+            except asyncpg.InternalClientError as exc:
+                # The server's FATAL reached this idle pooled connection (a restart, pg_terminate_backend) before
+                # its socket closed: asyncpg's protocol took it for an error of its own and fails the next call
+                # ("cannot switch to state ..."), leaving the connection closed but still checked out.
+                _discard(conn)
+                raise _unavailable(exc) from exc
         finally:
             try:
                 await pool.release(conn)
-            except _UNAVAILABLE:
-                pass  # a lost connection is terminated by the pool; the next acquire makes a new one
+            except (*_UNAVAILABLE, asyncpg.InternalClientError):
+                pass  # a lost or broken connection is terminated by the pool; the next acquire makes a new one
 
     @asynccontextmanager
     async def unit(self, kind: Kind) -> AsyncIterator[asyncpg.Connection]:

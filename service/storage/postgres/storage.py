@@ -33,6 +33,7 @@ from service.storage.postgres.sql import OPEN_SQL
 class PostgresStorage:
     engine: Engine = "postgres"
     target_schema_version = migrations.SCHEMA_VERSION
+    migrates_on_start = False  # replicas never race a schema change: ``python -m service migrate`` is the job
 
     def __init__(self, db: PgEngine) -> None:
         self.db = db

@@ -34,6 +34,7 @@ class SqliteStorage:
 
     engine: Engine = "sqlite"
     target_schema_version = migrations.SCHEMA_VERSION
+    migrates_on_start = True
 
     def __init__(self, db: Database) -> None:
         self.db = db

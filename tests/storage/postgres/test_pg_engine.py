@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import asyncpg
 import pytest
@@ -136,3 +137,76 @@ async def test_a_server_restart_answers_503_while_down_and_recovers_by_itself(
         assert await store.schema_version() is not None
     finally:
         await store.close()
+
+
+# The server's FATAL on an idle connection (what a fast shutdown or pg_terminate_backend sends before closing the
+# socket): ErrorResponse with severity, SQLSTATE 57P01 and a message (PostgreSQL protocol, "Message Formats").
+_FIELDS = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0"
+FATAL_57P01 = b"E" + struct.pack("!I", len(_FIELDS) + 4) + _FIELDS
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of the server; ``speak_as_server`` sends bytes to every client as the server
+    would, leaving the sockets open: the moment between a FATAL and the close, held as long as the test needs."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.clients: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Relay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.clients.append(writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def speak_as_server(self, data: bytes) -> None:
+        for writer in self.clients:
+            writer.write(data)
+
+    async def close(self) -> None:
+        for writer in self.clients:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_fatal_reaching_an_idle_pooled_connection_is_503_then_the_connection_is_replaced(
+    postgres_server: PostgresServer, pg_dsn: str
+) -> None:
+    """Seen with three replicas under load while PostgreSQL restarted: asyncpg's protocol, idle, takes the FATAL as
+    an error of its own and waits for a ReadyForQuery that never comes; the next unit failed with
+    ``InternalClientError`` (a 500), and the pool would have handed the stuck connection out again and again."""
+    relay = await Relay(postgres_server.port).start()
+    store = PostgresStorage(Engine(pg_dsn.replace(f":{postgres_server.port}/", f":{relay.port}/"), pool_size=1))
+    await store.open()
+    try:
+        await store.sessions.stats(ADMIN)  # the pool's one connection, idle again
+        relay.speak_as_server(FATAL_57P01)
+        await asyncio.sleep(0.05)  # let the bytes reach the client's protocol
+        with pytest.raises(StorageUnavailable):
+            await store.sessions.stats(ADMIN)
+        assert (await store.sessions.stats(ADMIN))["total"] == 0  # a new connection
+    finally:
+        try:
+            async with asyncio.timeout(10):  # a pool slot left checked out would make close() wait forever
+                await store.close()
+        finally:
+            await relay.close()

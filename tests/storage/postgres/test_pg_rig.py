@@ -13,7 +13,7 @@ from support.postgres import PostgresServer, require_bindir
 async def test_each_test_gets_an_empty_database_of_its_own(postgres_server: PostgresServer, pg_empty_dsn: str) -> None:
     conn = await asyncpg.connect(pg_empty_dsn)
     try:
-        assert await conn.fetchval("SELECT current_database()") == pg_empty_dsn.rsplit("/", 1)[1]
+        assert await conn.fetchval("SELECT current_database()") == pg_empty_dsn.rsplit("/", 1)[1].split("?")[0]
         tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
         assert tables == 0
         assert await conn.fetchval("SHOW fsync") == "off"
