@@ -182,7 +182,7 @@ def serve(settings: Settings, worker: WorkerArgs | None = None) -> int:
 
 
 def serve_workers(settings: Settings) -> int:
-    """``WORKERS`` > 1: migrate once, bind the port, then supervise the workers (``service.supervisor``)."""
+    """``WORKERS`` > 1: migrate once (SQLite), bind the port, then supervise the workers (``service.supervisor``)."""
     from service.logging_setup import configure
     from service.supervisor import Supervisor, listen
 
@@ -193,10 +193,11 @@ def serve_workers(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, interrupted)
-    # Exactly what ``migrate`` does, once, before any worker opens the database (the workers then find it current;
-    # the migration also re-reads the version under the write lock, for supervisors started together).
+    # What one process's start-up does, once, before any worker opens the database: SQLite is migrated (the workers
+    # then find it current; the version is re-read under the write lock, for supervisors started together); on
+    # PostgreSQL the migration is the one-off job's, so this only refuses a newer schema.
     try:
-        result = asyncio.run(_with_storage(settings, "migrate", argparse.Namespace()))
+        result = asyncio.run(_with_storage(settings, "start", argparse.Namespace()))
     except Exception as exc:
         cause = " ".join(str(exc).split()) or type(exc).__name__
         # the URL carries a password: named, never shown
@@ -217,8 +218,10 @@ async def _with_storage(settings: Settings, action: str, args: argparse.Namespac
     from service.storage import open_storage
 
     storage = open_storage(settings.replace(db_read_connections=1))
-    await storage.open(run_migrations=True)
+    await storage.open(run_migrations=storage.migrates_on_start if action == "start" else True)
     try:
+        if action == "start":
+            return {"applied": storage.migrations_applied}
         if action == "migrate":
             return {"applied": storage.migrations_applied or ["schema already current"]}
         if action == "backup":

@@ -1,7 +1,8 @@
 """``WORKERS`` > 1: one supervisor process, that many worker processes serving one port.
 
-The supervisor migrates the schema (before any worker opens the database), binds the listening socket and starts
-each worker as ``python -m service serve`` with that socket inherited (``--listen-fd``). It serves nothing itself:
+The supervisor migrates a SQLite schema before any worker opens the database (PostgreSQL's is the migration job's:
+the supervisor only refuses a newer one), binds the listening socket and starts each worker as
+``python -m service serve`` with that socket inherited (``--listen-fd``). It serves nothing itself:
 it replaces a worker that dies, stops everything when one cannot start, and drains all of them on SIGTERM/SIGINT.
 
 One socket shared by the workers rather than ``SO_REUSEPORT`` (one socket per worker), as uvicorn's and gunicorn's
