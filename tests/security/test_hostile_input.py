@@ -50,8 +50,11 @@ SQL = [
 
 
 @pytest.fixture(scope="module")
-def hostile_gw(devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = security_settings(tmp_path_factory.mktemp("hostile-gw"), devstack.url, cursor_secret=SECRET, **LIMITS)
+def hostile_gw(
+    devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory, module_engine_overrides: dict[str, Any]
+) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("hostile-gw")
+    settings = security_settings(tmp, devstack.url, cursor_secret=SECRET, **LIMITS, **module_engine_overrides)
     server = ServerThread(create_app(settings)).start()
     yield Gateway(server, settings)
     server.stop()
