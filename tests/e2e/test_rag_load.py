@@ -17,6 +17,8 @@ from blockbuster import BlockBuster
 from service.downstream import Downstream
 from support.servers import GatewayFactory, ServerThread, auth, gateway_settings
 
+pytestmark = pytest.mark.engines
+
 QUERIES = 500
 SESSIONS = 5
 DOC = """Photosynthesis converts light energy into chemical energy stored in glucose.
