@@ -15,7 +15,7 @@ from service.settings import Settings
 from support.dbquery import DUMP, query_sync
 from support.servers import ServerThread, auth, gateway_settings
 
-# Text that must never reach a caller: a stack trace, SQL, the database engine's name.
+# Text that must never reach a caller: a stack trace, SQL, the database engine's name or its own messages.
 LEAK_PATTERNS = (
     re.compile(r"Traceback"),
     re.compile(r'File "'),
@@ -23,8 +23,10 @@ LEAK_PATTERNS = (
     re.compile(r"\bINSERT INTO\b"),
     re.compile(r"\bUPDATE sessions\b"),
     re.compile(r"sqlite", re.IGNORECASE),
-    re.compile(r"asyncpg|postgres", re.IGNORECASE),
-    re.compile(r"violates \w+ (key )?constraint"),
+    # PostgreSQL's driver and its server's messages (the engine's name itself is in the documented 501's message)
+    re.compile(r"asyncpg", re.IGNORECASE),
+    re.compile(r"violates \w+ (key )?constraint|syntax error at or near|invalid input syntax|invalid byte sequence"),
+    re.compile(r'\b(relation|column) "'),
     re.compile(r"\bline \d+, in\b"),
 )
 ERROR_STATUSES = frozenset({400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 502, 503, 504})
