@@ -8,7 +8,8 @@ that need real connections (slow clients, body streaming and timeouts, disconnec
 Both engines: a module marked ``pytestmark = pytest.mark.engines`` runs each of its gateway tests twice, on SQLite
 (a file under ``tmp_path``) and on PostgreSQL (an empty database of the session's server, ``support.postgres``);
 ``db_engine`` says which. Gateways made in one test share one database, whichever the engine. A test of such a
-module that is about SQLite itself (it opens the file, say) carries ``@pytest.mark.sqlite_only``. Module-scoped
+module that is about SQLite itself (it opens the file, say) carries ``@pytest.mark.sqlite_only``
+(``postgres_only``: a PostgreSQL twin of such a test, e.g. with a smaller fuzzing budget). Module-scoped
 gateways (the security suites') take ``module_engine_overrides`` instead: one database per module and engine.
 """
 
@@ -36,7 +37,8 @@ GATEWAY_FIXTURES = {"make_gateway", "make_app_gateway", "gateway", "client"}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     both = metafunc.definition.get_closest_marker("engines") is not None
     only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
-    engines = ENGINES if both and not only_sqlite else ENGINES[:1]
+    only_postgres = both and metafunc.definition.get_closest_marker("postgres_only") is not None
+    engines = ENGINES[1:] if only_postgres else ENGINES if both and not only_sqlite else ENGINES[:1]
     if "db_engine" in metafunc.fixturenames:
         metafunc.parametrize("db_engine", engines, indirect=True)
     if "module_db_engine" in metafunc.fixturenames:
