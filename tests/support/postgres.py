@@ -237,7 +237,7 @@ async def _lend_database(server: PostgresServer) -> str:
 async def _give_back(server: PostgresServer, name: str) -> None:
     """Empty the database (TRUNCATE ... RESTART IDENTITY: ~40 ms, a new copy costs ~0.4 s) for the next test.
 
-    Only a database still at the template's schema is reused; one that cannot be emptied at once (the server is
+    Only a database still at the current schema version is reused; one that cannot be emptied at once (the server is
     down, a leaked transaction holds a lock) is dropped instead."""
     import asyncpg
 
