@@ -6,9 +6,11 @@ between the test and the gateway is not. ``make_gateway`` starts a real uvicorn 
 that need real connections (slow clients, body streaming and timeouts, disconnects, shedding, shutdown).
 
 Both engines: a module marked ``pytestmark = pytest.mark.engines`` runs each of its gateway tests twice, on SQLite
-(a file under ``tmp_path``) and on PostgreSQL (a fresh database of the session's server, ``support.postgres``);
+(a file under ``tmp_path``) and on PostgreSQL (an empty database of the session's server, ``support.postgres``);
 ``db_engine`` says which. Gateways made in one test share one database, whichever the engine. A test of such a
-module that is about SQLite itself (it opens the file, say) carries ``@pytest.mark.sqlite_only``.
+module that is about SQLite itself (it opens the file, say) carries ``@pytest.mark.sqlite_only``
+(``postgres_only``: a PostgreSQL twin of such a test, e.g. with a smaller fuzzing budget). Module-scoped
+gateways (the security suites') take ``module_engine_overrides`` instead: one database per module and engine.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ GATEWAY_FIXTURES = {"make_gateway", "make_app_gateway", "gateway", "client"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "db_engine" not in metafunc.fixturenames:
-        return
     both = metafunc.definition.get_closest_marker("engines") is not None
     only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
-    engines = ENGINES if both and not only_sqlite else ENGINES[:1]
-    metafunc.parametrize("db_engine", engines, indirect=True)
+    only_postgres = both and metafunc.definition.get_closest_marker("postgres_only") is not None
+    engines = ENGINES[1:] if only_postgres else ENGINES if both and not only_sqlite else ENGINES[:1]
+    if "db_engine" in metafunc.fixturenames:
+        metafunc.parametrize("db_engine", engines, indirect=True)
+    if "module_db_engine" in metafunc.fixturenames:
+        # grouped by module: a module-scoped gateway serves every test of one engine, then of the other
+        metafunc.parametrize("module_db_engine", engines, indirect=True, scope="module")
 
 
 @pytest.fixture
@@ -49,9 +54,23 @@ def db_engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def engine_overrides(db_engine: str, request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings that put a gateway on ``db_engine``: nothing for SQLite, a fresh database for PostgreSQL."""
+    """Settings that put a gateway on ``db_engine``: nothing for SQLite, an empty database for PostgreSQL."""
     if db_engine == "postgres":
-        return {"database_url": request.getfixturevalue("pg_dsn")}
+        return {"database_url": request.getfixturevalue("pg_gateway_dsn")}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def module_db_engine(request: pytest.FixtureRequest) -> str:
+    """``db_engine`` for module-scoped gateways (one per engine, shared by the module's tests)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="module")
+def module_engine_overrides(module_db_engine: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``engine_overrides`` for a module-scoped gateway: an empty database for the module on PostgreSQL."""
+    if module_db_engine == "postgres":
+        return {"database_url": request.getfixturevalue("pg_module_dsn")}
     return {}
 
 

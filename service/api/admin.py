@@ -67,5 +67,6 @@ ENDPOINTS = [
         ADMIN,
         response=BackupResult,
         status=201,
+        errors=(501,),  # on PostgreSQL: backups belong to the engine's own tools (NotSupportedByEngine)
     ),
 ]

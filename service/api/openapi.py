@@ -36,6 +36,7 @@ REASONS = {
     415: "Unsupported media type",
     422: "Validation error",
     429: "Too many requests",
+    501: "Not done by this database engine (a PostgreSQL backup is pg_dump's)",
     502: "Downstream gave a bad answer",
     503: "Unavailable or overloaded",
     504: "Downstream timed out",

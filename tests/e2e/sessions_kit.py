@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -13,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from service.settings import Settings
+from support.dbquery import DUMP, query
 from support.inprocess import InProcessServer
 from support.servers import ServerThread, auth
 
@@ -105,45 +104,16 @@ async def walk_sessions(
     return [s async for page in pages(client, "/sessions", role, limit, **filters) for s in page]
 
 
-def _snapshot(path: str) -> Snapshot:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        sessions = conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall()
-        events = conn.execute("SELECT * FROM session_events ORDER BY id").fetchall()
-        return sessions, events
-    finally:
-        conn.close()
-
-
 async def snapshot(path: str) -> Snapshot:
-    """All rows of both tables, read from the file by a separate connection (off the event loop)."""
-    return await asyncio.to_thread(_snapshot, path)
-
-
-def _query(path: str, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path, timeout=10)
-    try:
-        with conn:
-            return conn.execute(sql, tuple(params)).fetchall()
-    finally:
-        conn.close()
+    """All rows of both tables, read by a connection of its own (the SQLite file or the PostgreSQL database)."""
+    return await sql(path, DUMP["sessions"]), await sql(path, DUMP["session_events"])
 
 
 async def sql(path: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     """Run one statement on the gateway's database from a connection of its own: the SQLite file (off the event
     loop), or the PostgreSQL database of a ``postgresql://`` URL (``?`` placeholders become ``$1``, ``$2``...).
     Portable SQL only (no PRAGMA, no JSON functions): tests that need SQLite's own are ``sqlite_only``."""
-    if not path.startswith("postgresql://"):
-        return await asyncio.to_thread(_query, path, statement, params)
-    import asyncpg
-
-    numbered = iter(range(1, statement.count("?") + 1))
-    conn = await asyncpg.connect(path)
-    try:
-        rows = await conn.fetch(re.sub(r"\?", lambda _: f"${next(numbered)}", statement), *params)
-    finally:
-        await conn.close()
-    return [tuple(row) for row in rows]
+    return await query(path, statement, *params)
 
 
 async def bounded_gather(limit: int, thunks: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:

@@ -10,9 +10,12 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from sessions_kit import create, error_of
 
 from support.servers import auth
+
+pytestmark = pytest.mark.engines
 
 BIO = "# Photosynthesis\n\nChlorophyll absorbs blue and red light.\n\nThe Calvin cycle fixes CO2 into sugar.\n"
 CHEM = "# Atoms\n\nAn atom has a nucleus of protons and neutrons.\n"

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from sessions_kit import closed_port_url, create, end
 
 from support.inprocess import AppGatewayFactory
 from support.servers import ServerThread, auth
+
+pytestmark = pytest.mark.engines
 
 
 def assert_detail(r: httpx.Response, status: int) -> None:

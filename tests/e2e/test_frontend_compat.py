@@ -15,10 +15,13 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 from sessions_kit import create
 
 from support.inprocess import AppGatewayFactory
 from support.servers import ServerThread
+
+pytestmark = pytest.mark.engines
 
 _users = itertools.count(1)
 

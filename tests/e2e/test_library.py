@@ -1,4 +1,4 @@
-"""The markdown library, called as the EBARS frontend calls it, against real SQLite files.
+"""The markdown library, called as the EBARS frontend calls it, against real SQLite files and PostgreSQL.
 
 Source: ``frontend/lib/api.ts`` of github.com/EngindalgaMaku/ebars (commit 07c644e): ``uploadMarkdownFile``,
 ``listMarkdownFiles``, ``getMarkdownFileContent``, ``deleteMarkdownFile`` and ``deleteAllMarkdownFiles``. The
@@ -17,6 +17,8 @@ from sessions_kit import db_path, error_of, sql
 
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import auth
+
+pytestmark = pytest.mark.engines
 
 MD = b"# Photosynthesis\n\nChlorophyll absorbs blue and red light. \xc3\xa7\xc4\x9f\n"
 
@@ -237,6 +239,7 @@ async def test_an_upper_case_suffix_is_listed_as_md(client: httpx.AsyncClient) -
     assert (await upload(client, "Notes.md")).json()["markdown_filename"] == "Notes_1.md"
 
 
+@pytest.mark.sqlite_only  # a PostgreSQL backup is pg_dump's: the endpoint answers 501
 async def test_a_backup_holds_the_library(gateway: InProcessServer, client: httpx.AsyncClient) -> None:
     assert (await upload(client, "kept.md")).status_code == 200
     r = await client.post("/admin/backup", headers=auth("admin"))

@@ -14,6 +14,8 @@ import pytest
 
 from support.servers import ServerThread, auth
 
+pytestmark = pytest.mark.engines
+
 DOC = """# Fotosentez
 
 Photosynthesis converts light energy into chemical energy stored in glucose.

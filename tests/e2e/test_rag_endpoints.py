@@ -26,6 +26,8 @@ from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth, gateway_settings
 from support.session_view import counters_of
 
+pytestmark = pytest.mark.engines
+
 DOC = """# Photosynthesis
 
 Photosynthesis converts light energy into chemical energy stored in glucose.

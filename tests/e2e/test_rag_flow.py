@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from support.servers import auth
 from support.session_view import counters_of
+
+pytestmark = pytest.mark.engines
 
 DOC = """# Photosynthesis
 

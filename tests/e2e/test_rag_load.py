@@ -17,6 +17,8 @@ from blockbuster import BlockBuster
 from service.downstream import Downstream
 from support.servers import GatewayFactory, ServerThread, auth, gateway_settings
 
+pytestmark = pytest.mark.engines
+
 QUERIES = 500
 SESSIONS = 5
 DOC = """Photosynthesis converts light energy into chemical energy stored in glucose.
@@ -38,8 +40,9 @@ def httpcore_lazy_import(blockbuster: BlockBuster) -> None:
 def loaded(make_gateway: GatewayFactory, tmp_path: Path, devstack: ServerThread) -> tuple[ServerThread, Downstream]:
     # Default limits but a long pool timeout: three servers share one interpreter here, so on a slow CI box a
     # burst may wait for a concurrency slot longer than the 2 s default. Shedding has its own tests; this one is
-    # about correctness under concurrency.
-    overrides = {"http_pool_timeout_s": 30.0}
+    # about correctness under concurrency. The same goes for a wait for one of PostgreSQL's pooled connections
+    # (DB_POOL_SIZE per process): the burst's 500 queries all read their session at once.
+    overrides = {"http_pool_timeout_s": 30.0, "db_pool_timeout_s": 30.0}
     downstream = Downstream(gateway_settings(tmp_path, devstack.url, **overrides))
     return make_gateway(downstream=downstream, **overrides), downstream
 

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from sessions_kit import create, db_path, error_of, settings_of, snapshot, start_gateway
 
 from service.sessions.models import RESERVED_METADATA_KEYS
 from support.inprocess import AppGatewayFactory, InProcessServer
 from support.servers import ServerThread, auth
+
+pytestmark = pytest.mark.engines
 
 NESTED_17: dict[str, Any] = {"a": {}}
 for _ in range(15):

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sessions_kit import bounded_gather, create, db_path, end, error_of, settings_of, snapshot, sql
 
 from service.storage.sqlite import migrations
+from support.dbquery import query_sync
 from support.inprocess import InProcessServer
 from support.servers import ServerThread, auth
+
+pytestmark = pytest.mark.engines
 
 ALL_STEPS = [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
 
@@ -62,6 +66,7 @@ async def populate(client: httpx.AsyncClient, n: int = 12) -> list[str]:
     return sids
 
 
+@pytest.mark.sqlite_only  # a PostgreSQL backup is pg_dump's: 501 (test_sessions_access)
 async def test_backup_endpoint(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
     await populate(client)
     r = await client.post("/admin/backup", headers=auth("admin"))
@@ -85,6 +90,7 @@ async def test_backup_endpoint(client: httpx.AsyncClient, gateway: InProcessServ
     assert r2.status_code == 201 and r2.json()["path"] != backup
 
 
+@pytest.mark.sqlite_only  # as above
 async def test_backup_during_writes_is_consistent(client: httpx.AsyncClient, gateway: InProcessServer) -> None:
     await populate(client, 6)
     stop = asyncio.Event()
@@ -162,52 +168,64 @@ async def test_cleanup_endpoint_never_deletes_active(client: httpx.AsyncClient, 
     assert await sql(path, "SELECT count(*) FROM session_events") == [(5,)]
 
 
-def seed_db(path: Path) -> None:
-    """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old), 1 very old INACTIVE."""
-    from service.storage.sqlite import migrations
-
+def seed_db(location: str) -> None:
+    """A migrated database with hand-set times: 4 ended (2 old), 2 ACTIVE (1 very old), 1 very old INACTIVE.
+    (A PostgreSQL test database is migrated already; a SQLite file is migrated here, in-process.)"""
+    if not location.startswith("postgresql://"):
+        conn = sqlite3.connect(location, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrations.migrate(conn)
+        finally:
+            conn.close()
     now = int(time.time() * 1000)
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        migrations.migrate(conn)
-        specs = [
-            ("old1", "COMPLETED", now - 40 * DAY_MS, now - 39 * DAY_MS),
-            ("old2", "FAULTED", now - 20 * DAY_MS, now - 19 * DAY_MS),
-            ("new1", "CANCELLED", now - 2 * DAY_MS, now - 1 * DAY_MS),
-            ("new2", "COMPLETED", now - 3600_000, now - 60_000),
-            ("act1", "ACTIVE", now - 400 * DAY_MS, None),
-            ("act2", "ACTIVE", now - 1000, None),
-            ("ina1", "INACTIVE", now - 500 * DAY_MS, None),
-        ]
-        for sid, status, start, end_ms in specs:
-            conn.execute(
-                "INSERT INTO sessions (session_id, user_id, start_time, end_time, start_state, end_state, "
-                "current_state, status, metadata, created_at, updated_at) "
-                "VALUES (?, 'u', ?, ?, 0, ?, 0, ?, '{}', ?, ?)",
-                (sid, start, end_ms, None if end_ms is None else 1, status, start, start),
-            )
-            conn.execute(
-                "INSERT INTO session_events (session_id, event_type, timestamp) VALUES (?, 'SESSION_STARTED', ?)",
-                (sid, start),
-            )
-    finally:
-        conn.close()
+    specs = [
+        ("old1", "COMPLETED", now - 40 * DAY_MS, now - 39 * DAY_MS),
+        ("old2", "FAULTED", now - 20 * DAY_MS, now - 19 * DAY_MS),
+        ("new1", "CANCELLED", now - 2 * DAY_MS, now - 1 * DAY_MS),
+        ("new2", "COMPLETED", now - 3600_000, now - 60_000),
+        ("act1", "ACTIVE", now - 400 * DAY_MS, None),
+        ("act2", "ACTIVE", now - 1000, None),
+        ("ina1", "INACTIVE", now - 500 * DAY_MS, None),
+    ]
+    for sid, status, start, end_ms in specs:
+        query_sync(
+            location,
+            "INSERT INTO sessions (session_id, user_id, start_time, end_time, start_state, end_state, "
+            "current_state, status, metadata, created_at, updated_at) "
+            "VALUES (?, 'u', ?, ?, 0, ?, 0, ?, '{}', ?, ?)",
+            sid,
+            start,
+            end_ms,
+            None if end_ms is None else 1,
+            status,
+            start,
+            start,
+        )
+        query_sync(
+            location,
+            "INSERT INTO session_events (session_id, event_type, timestamp) VALUES (?, 'SESSION_STARTED', ?)",
+            sid,
+            start,
+        )
 
 
-def session_ids(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return {r[0] for r in conn.execute("SELECT session_id FROM sessions")}
-    finally:
-        conn.close()
+def session_ids(location: str) -> set[str]:
+    return {r[0] for r in query_sync(location, "SELECT session_id FROM sessions")}
 
 
-def test_cli_cleanup(tmp_path: Path) -> None:
-    path = tmp_path / "cli.db"
+def cli_database(db_engine: str, engine_overrides: dict[str, Any], tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """Where the CLI test's database is, and the environment that points ``python -m service`` at it."""
+    if db_engine == "postgres":
+        url = str(engine_overrides["database_url"])
+        return url, {"DATABASE_URL": url, "CURSOR_SECRET": "maintenance-cli-test-secret"}
+    path = str(tmp_path / "cli.db")
+    return path, {"DATABASE_PATH": path}
+
+
+def test_cli_cleanup(db_engine: str, engine_overrides: dict[str, Any], tmp_path: Path) -> None:
+    path, env = cli_database(db_engine, engine_overrides, tmp_path)
     seed_db(path)
-    env = {"DATABASE_PATH": str(path)}
     r = cli("cleanup", "--older-than-days", "10", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"deleted_sessions": 2, "deleted_events": 2}
@@ -227,6 +245,7 @@ def test_cli_cleanup(tmp_path: Path) -> None:
     assert session_ids(path) == {"act1", "act2", "ina1"}
 
 
+@pytest.mark.sqlite_only  # the file, its WAL and sqlite_master (PostgreSQL's migrations: tests/storage/postgres)
 def test_cli_migrate_fresh_and_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "fresh.db"
     env = {"DATABASE_PATH": str(path)}
@@ -267,6 +286,7 @@ def test_cli_help() -> None:
     assert r.returncode == 2 and "usage:" in r.stderr
 
 
+@pytest.mark.sqlite_only  # a backup of PostgreSQL is pg_dump's (the endpoint answers 501)
 def test_cli_backup_of_a_live_database(make_gateway: Any, tmp_path: Path) -> None:
     gw = make_gateway()
     with httpx.Client(base_url=gw.url, timeout=30) as c:
@@ -299,6 +319,7 @@ def wal_bytes(path: str) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
+@pytest.mark.sqlite_only  # SQLite's WAL file
 def test_graceful_close_checkpoints_wal(make_gateway: Any) -> None:
     gw = make_gateway()
     path = db_path(gw)
@@ -316,7 +337,7 @@ def test_graceful_close_checkpoints_wal(make_gateway: Any) -> None:
         conn.close()
 
 
-def test_graceful_close_finishes_in_flight_writes(make_gateway: Any, devstack: ServerThread) -> None:
+def test_graceful_close_finishes_in_flight_writes(make_gateway: Any, devstack: ServerThread, db_engine: str) -> None:
     gw = make_gateway()
     path = db_path(gw)
     slow = {"Authorization": f"Bearer dev:teacher:closing{uuid.uuid4().hex[:12]}"}
@@ -333,13 +354,10 @@ def test_graceful_close_finishes_in_flight_writes(make_gateway: Any, devstack: S
         finally:
             ds.post("/_control/reset")
     assert r.status_code == 201, r.text
-    assert wal_bytes(path) == 0
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM session_events").fetchone()[0] == 1
-    finally:
-        conn.close()
+    if db_engine == "sqlite":
+        assert wal_bytes(path) == 0  # checkpointed on close
+    assert query_sync(path, "SELECT count(*) FROM sessions") == [(1,)]
+    assert query_sync(path, "SELECT count(*) FROM session_events") == [(1,)]
 
 
 def test_cli_refuses_a_missing_database(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,10 @@ from typing import Any
 import httpx
 
 from service.settings import Settings
+from support.dbquery import DUMP, query_sync
 from support.servers import ServerThread, auth, gateway_settings
 
-# Text that must never reach a caller: a stack trace, SQL, the database engine's name.
+# Text that must never reach a caller: a stack trace, SQL, the database engine's name or its own messages.
 LEAK_PATTERNS = (
     re.compile(r"Traceback"),
     re.compile(r'File "'),
@@ -23,6 +23,10 @@ LEAK_PATTERNS = (
     re.compile(r"\bINSERT INTO\b"),
     re.compile(r"\bUPDATE sessions\b"),
     re.compile(r"sqlite", re.IGNORECASE),
+    # PostgreSQL's driver and its server's messages (the engine's name itself is in the documented 501's message)
+    re.compile(r"asyncpg", re.IGNORECASE),
+    re.compile(r"violates \w+ (key )?constraint|syntax error at or near|invalid input syntax|invalid byte sequence"),
+    re.compile(r'\b(relation|column) "'),
     re.compile(r"\bline \d+, in\b"),
 )
 ERROR_STATUSES = frozenset({400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 502, 503, 504})
@@ -44,7 +48,8 @@ class Gateway:
 
     @property
     def db_path(self) -> str:
-        return self.settings.database_path
+        """The SQLite file, or the PostgreSQL URL (``dump_db`` takes either)."""
+        return self.settings.database_url.get_secret_value() or self.settings.database_path
 
 
 def token_headers(role: str) -> dict[str, str]:
@@ -75,15 +80,8 @@ def assert_error(resp: httpx.Response, status: int | Iterable[int], *, sent: Ite
 
 
 def dump_db(path: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of sessions and session_events (read-only connection; WAL readers see committed data)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return {
-            "sessions": conn.execute("SELECT * FROM sessions ORDER BY session_id").fetchall(),
-            "session_events": conn.execute("SELECT * FROM session_events ORDER BY id").fetchall(),
-        }
-    finally:
-        conn.close()
+    """Every row of sessions and session_events, read by a connection of its own (SQLite file or PostgreSQL)."""
+    return {table: query_sync(path, statement) for table, statement in DUMP.items()}
 
 
 @dataclass

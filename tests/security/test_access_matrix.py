@@ -38,6 +38,8 @@ from service.app import all_endpoints
 from service.logging_setup import JsonFormatter
 from support.servers import auth
 
+pytestmark = pytest.mark.engines
+
 ROLES = ("admin", "teacher", "teacher2", "student", "anon")
 TARGETS = ("t1_active", "t1_ended", "t1_inactive", "t2_active", "missing")
 SID = "/sessions/{session_id}"
@@ -171,8 +173,9 @@ def test_the_table_covers_every_route() -> None:
 CELLS = [(rule, path, role) for rule in RULES for path in (rule.path, twin(rule.path)) for role in ROLES]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(shared_gateway: Gateway) -> Iterator[httpx.Client]:
+    """One client per gateway: making one loads the CA bundle (~50 ms), and the gateway sets no cookies."""
     with httpx.Client(base_url=shared_gateway.url, timeout=30) as c:
         yield c
 
@@ -205,8 +208,10 @@ def call(client: httpx.Client, rule: Rule, path: str, role: str, session_id: str
 
 
 @pytest.mark.parametrize(("rule", "path", "role"), CELLS, ids=[f"{r.method} {p} as {role}" for r, p, role in CELLS])
-def test_access(rule: Rule, path: str, role: str, client: httpx.Client) -> None:
+def test_access(rule: Rule, path: str, role: str, client: httpx.Client, module_db_engine: str) -> None:
     expected = rule.per_role.get(role, 401)
+    if module_db_engine == "postgres" and rule.path == "/admin/backup" and expected == 201:
+        expected = 501  # admitted, but a PostgreSQL backup is pg_dump's (the declared 501, not a 403)
     if not rule.targets:
         resp = call(client, rule, path, role, None)
         assert resp.status_code == expected, f"{rule.method} {path} as {role}: {resp.status_code} {resp.text}"

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +23,11 @@ import httpx
 import pytest
 from security_kit import Gateway, Seeded, assert_error, assert_no_leak, create_session, dump_db, security_settings, seed
 
-from service.app import create_app
+from service.app import all_endpoints, create_app
 from service.sessions.cursor import encode_cursor
 from support.servers import ServerThread, auth
+
+pytestmark = pytest.mark.engines
 
 SECRET = "security-suite-cursor-secret"
 LIMITS = {
@@ -50,8 +53,11 @@ SQL = [
 
 
 @pytest.fixture(scope="module")
-def hostile_gw(devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = security_settings(tmp_path_factory.mktemp("hostile-gw"), devstack.url, cursor_secret=SECRET, **LIMITS)
+def hostile_gw(
+    devstack: ServerThread, tmp_path_factory: pytest.TempPathFactory, module_engine_overrides: dict[str, Any]
+) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("hostile-gw")
+    settings = security_settings(tmp, devstack.url, cursor_secret=SECRET, **LIMITS, **module_engine_overrides)
     server = ServerThread(create_app(settings)).start()
     yield Gateway(server, settings)
     server.stop()
@@ -63,8 +69,9 @@ def seeded(hostile_gw: Gateway) -> Seeded:
         return seed(client, documents=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(hostile_gw: Gateway) -> Iterator[httpx.Client]:
+    """One client per gateway: making one loads the CA bundle (~50 ms), and the gateway sets no cookies."""
     with httpx.Client(base_url=hostile_gw.url, timeout=30) as c:
         yield c
 
@@ -241,6 +248,7 @@ def _cases() -> list[Hostile]:
         _upload(422, "nul-upload-file", files=[_file("a.txt", b"a\x00b")]),
         _upload(422, "nul-upload-field", data={"embedding_model": "m\x00"}),
         _upload(422, "nul-upload-session-id", data={"session_id": "{active}\x00"}),
+        Hostile("nul-library-escaped", "GET", "/documents/markdown/notes%5Cu0000.md", 404),
         # -- forged and tampered cursors --------------------------------------------------------------------
         Hostile("cursor-junk", "GET", "/sessions", 400, params={"cursor": "abc"}),
         Hostile("cursor-empty", "GET", "/sessions", 400, params={"cursor": ""}),
@@ -513,6 +521,65 @@ def test_hostile_input_is_refused_cleanly(
     resp = send(client, case, seeded)
     assert_error(resp, case.expect, sent=_sent(case, seeded))
     assert dump_db(hostile_gw.db_path) == before, f"{case.id} changed the database"
+
+
+# Every route with a path parameter, with a valid body: a NUL in the parameter names no row (no stored key holds
+# one: every write refuses them), so the answer is the one an unknown key gets. PostgreSQL's text cannot even hold
+# a NUL: the engine must answer without sending it (asyncpg's CharacterNotInRepertoireError would be a 500).
+NUL_PATHS = [
+    ("GET", "/sessions/{active}%00", None),
+    ("PATCH", "/sessions/{active}%00", {"name": "renamed"}),
+    ("POST", "/sessions/{active}%00/events", {"event_type": "X"}),
+    ("GET", "/sessions/{active}%00/events", None),
+    ("POST", "/sessions/{active}%00/end", {"end_state": 1}),
+    ("PATCH", "/sessions/{active}%00/status", {"status": "inactive"}),
+    ("DELETE", "/sessions/{active}%00", None),
+    ("POST", "/sessions/{active}%00/generate-questions", {}),
+    ("POST", "/sessions/{active}%00/reprocess", {}),
+    ("GET", "/sessions/{active}%00/chunks", None),
+    ("GET", "/sessions/{active}%00/rag-settings", None),
+    ("PATCH", "/sessions/{active}%00/rag-settings", {"top_k": 3}),
+    ("GET", "/documents/markdown/notes%00.md", None),
+    ("DELETE", "/documents/markdown/notes%00.md", None),
+    ("GET", "/documents/process-and-store-batch/status/job%00", None),
+]
+
+
+def test_every_route_with_a_path_parameter_covers_nul() -> None:
+    routes = {(ep.method, ep.path) for ep in all_endpoints() if "{" in ep.path and not ep.path.startswith("/api/")}
+    covered = {(method, re.sub(r"\{active\}%00|notes%00\.md|job%00", "{}", path)) for method, path, _ in NUL_PATHS}
+    assert covered == {(method, re.sub(r"\{\w+\}", "{}", path)) for method, path in routes}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), NUL_PATHS, ids=[f"{m} {p}" for m, p, _ in NUL_PATHS])
+def test_nul_in_a_path_parameter_is_an_unknown_key(
+    method: str, path: str, body: Any, client: httpx.Client, seeded: Seeded, hostile_gw: Gateway
+) -> None:
+    before = dump_db(hostile_gw.db_path)
+    unknown = client.request(method, _fill(path.replace("%00", "x"), seeded), json=body, headers=auth("teacher"))
+    resp = client.request(method, _fill(path, seeded), json=body, headers=auth("teacher"))
+    assert unknown.status_code == 404, unknown.text  # the lookup itself is reached: the body is valid
+    assert_error(resp, 404)
+    assert resp.json()["error"]["code"] == unknown.json()["error"]["code"]
+    assert dump_db(hostile_gw.db_path) == before
+
+
+def test_nul_escaped_in_batch_file_names_is_an_unknown_file(
+    client: httpx.Client, seeded: Seeded, hostile_gw: Gateway
+) -> None:
+    """A JSON-escaped NUL inside the batch's ``markdown_files`` names no library file (as an unknown name does)."""
+    before = dump_db(hostile_gw.db_path)
+    answers = []
+    for names in ('["notesx.md"]', '["notes\\u0000.md"]'):
+        fields = {"session_id": seeded.t1_active, "markdown_files": names}
+        resp = client.post(
+            "/documents/process-and-store-batch",
+            files=[(k, (None, v.encode())) for k, v in fields.items()],
+            headers=auth("teacher"),
+        )
+        answers.append(assert_error(resp, (404, 422))["error"]["code"])
+    assert answers[0] == answers[1]
+    assert dump_db(hostile_gw.db_path) == before
 
 
 @pytest.mark.parametrize("payload", SQL)

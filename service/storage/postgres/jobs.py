@@ -16,6 +16,7 @@ import asyncpg
 from service.auth import Principal
 from service.storage.base import JobProgress, LeaseLost
 from service.storage.postgres.engine import Engine
+from service.storage.postgres.sql import unnameable
 from service.timeutil import now_ms
 
 _JSON_COLUMNS = ("params", "files", "results", "errors")
@@ -69,6 +70,8 @@ class PostgresJobs:
         return job_id
 
     async def get(self, job_id: str, principal: Principal | None = None) -> dict[str, Any] | None:
+        if unnameable(job_id):
+            return None
         if principal is None:
             row = await self.db.fetchrow("SELECT * FROM ingestion_jobs WHERE job_id = $1", job_id)
         else:

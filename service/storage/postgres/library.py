@@ -11,6 +11,7 @@ from service.auth import Principal
 from service.errors import Conflict, NotFound
 from service.library.models import candidate
 from service.storage.postgres.engine import Engine
+from service.storage.postgres.sql import unnameable
 from service.timeutil import now_ms
 
 # pg_advisory_xact_lock(class, key)'s class for "an owner's library"; the key is hashtext(owner_id)
@@ -60,12 +61,16 @@ class PostgresLibrary:
         return [str(r[0]) for r in rows]
 
     async def content(self, principal: Principal, filename: str) -> str:
+        if unnameable(filename):
+            raise not_found(filename)
         row = await self.db.fetchrow(_PICK, filename, principal.id, principal.role == "admin")
         if row is None:
             raise not_found(filename)
         return str(row["content"])
 
     async def delete(self, principal: Principal, filename: str) -> None:
+        if unnameable(filename):
+            raise not_found(filename)
         async with self.db.unit("write") as conn:
             deleted = await conn.fetchval(
                 f"DELETE FROM library_files WHERE id = ({_PICK.replace('id, content', 'id')}) RETURNING id",  # noqa: S608
@@ -93,7 +98,7 @@ class PostgresLibrary:
         rows = await self.db.fetch(
             f"SELECT DISTINCT ON (filename) filename, id, {text} AS content FROM library_files "  # noqa: S608
             f"WHERE filename = ANY($1::text[]) AND {_VISIBLE} ORDER BY filename, owner_id = $2 DESC, id",
-            sorted(set(filenames)),
+            sorted({name for name in filenames if not unnameable(name)}),  # a NUL names no file: missing below
             principal.id,
             principal.role == "admin",
         )

@@ -11,7 +11,7 @@ from service.sessions.models import COUNTERS
 from service.storage.base import JobProgress
 from service.storage.postgres.engine import Engine
 from service.storage.postgres.jobs import apply_progress
-from service.storage.postgres.sql import Params, insert_event, owned, require_open, visible
+from service.storage.postgres.sql import Params, insert_event, owned, require_open, unnameable, visible
 from service.timeutil import now_ms
 
 
@@ -20,6 +20,8 @@ class PostgresRag:
         self.db = db
 
     async def session_for_read(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id)
         row = await self.db.fetchrow(
             "SELECT user_id, status, metadata -> 'rag_settings' AS rag FROM sessions "  # noqa: S608
@@ -31,6 +33,8 @@ class PostgresRag:
         return {"status": row["status"], "user_id": row["user_id"], "rag_settings": json.loads(row["rag"] or "{}")}
 
     async def session_for_change(self, principal: Principal, session_id: str, *, open_only: bool) -> dict[str, Any]:
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id)
         row = await self.db.fetchrow(
             "SELECT session_id, status, metadata -> 'rag_settings' AS rag, metadata -> 'counters' AS counters "  # noqa: S608
@@ -93,6 +97,8 @@ class PostgresRag:
         return {name: int(values.get(name) or 0) for name in COUNTERS}
 
     async def patch_rag_settings(self, principal: Principal, session_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         ts = now_ms()
         p = Params(session_id, json.dumps(patch), ts)
         async with self.db.unit("write") as conn:

@@ -38,6 +38,7 @@ from service.storage.postgres.sql import (
     insert_event,
     locked_row,
     require_open,
+    unnameable,
     visible,
 )
 from service.timeutil import now_ms
@@ -68,6 +69,8 @@ class PostgresSessions:
         return out
 
     async def get(self, principal: Principal, session_id: str, *, with_events: bool) -> str:
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id)
         sql = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1{visible(principal, p)}"  # noqa: S608
         if not with_events:
@@ -131,6 +134,8 @@ class PostgresSessions:
     ) -> dict[str, Any]:
         changed = rules.check_patch(patch)
         sent = patch.model_fields_set
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id)
         expr = "metadata"
         # fixed names, never from the client; null removes the key (the field renders its default again)
@@ -245,6 +250,8 @@ class PostgresSessions:
 
     async def list_events(self, principal: Principal, session_id: str, query: EventsQuery, *, after: int) -> EventPage:
         # one statement: no row when the session is not visible, one all-NULL event when it has none after `after`
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id, after, query.limit + 1)
         rows = await self.db.fetch(
             "SELECT e.id, e.session_id, e.event_type, e.timestamp, e.event_data FROM sessions s "  # noqa: S608
@@ -311,6 +318,8 @@ class PostgresSessions:
         }
 
     async def require(self, principal: Principal, session_id: str, rule: Rule) -> None:
+        if unnameable(session_id):
+            raise session_not_found(session_id)
         p = Params(session_id)
         found = await self.db.fetchval(
             f"SELECT 1 FROM sessions WHERE session_id = $1{access(principal, p, rule)}",  # noqa: S608

@@ -35,6 +35,14 @@ class Params:
         return f"${len(self.values)}"
 
 
+def unnameable(key: str) -> bool:
+    """True for a key no row can have: PostgreSQL's text cannot hold NUL (every write refuses one in validation).
+
+    Keys from a URL path are not validated: such a lookup answers "not found" without a round trip, as SQLite's
+    finds nothing (sent, the NUL makes asyncpg raise CharacterNotInRepertoireError: a 500)."""
+    return "\x00" in key
+
+
 def visible(principal: Principal, p: Params) -> str:
     """``AND ...`` limiting ``sessions`` rows to those the caller may see (``service/sessions/access.py``)."""
     if principal.role == "admin":
@@ -58,6 +66,8 @@ def access(principal: Principal, p: Params, rule: Rule) -> str:
 
 async def locked_row(conn: asyncpg.Connection, principal: Principal, session_id: str) -> asyncpg.Record:
     """The session row, locked (``FOR UPDATE``) until the unit ends, if the caller may change it; 404 otherwise."""
+    if unnameable(session_id):
+        raise session_not_found(session_id)
     p = Params(session_id)
     row = await conn.fetchrow(
         f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1{owned(principal, p)} FOR UPDATE",  # noqa: S608
