@@ -16,7 +16,7 @@ import asyncpg
 from service.auth import Principal
 from service.storage.base import JobProgress, LeaseLost
 from service.storage.postgres.engine import Engine
-from service.storage.postgres.sql import unnameable
+from service.storage.postgres.sql import jsonb_text, unnameable
 from service.timeutil import now_ms
 
 _JSON_COLUMNS = ("params", "files", "results", "errors")
@@ -33,8 +33,8 @@ async def apply_progress(conn: asyncpg.Connection, change: JobProgress) -> None:
         change.job_id,
         change.owner,
         change.current_file,
-        None if change.result is None else json.dumps(change.result),
-        None if change.error is None else json.dumps(change.error),
+        None if change.result is None else jsonb_text(change.result),
+        None if change.error is None else jsonb_text(change.error),
         change.chunks,
         now_ms() + change.lease_ms,
     )
@@ -145,7 +145,7 @@ class PostgresJobs:
                 job_id,
                 owner,
                 now_ms(),
-                json.dumps({"filename": "", "error": reason}),
+                jsonb_text({"filename": "", "error": reason}),
             )
 
     async def finish(self, job_id: str, owner: str) -> None:

@@ -6,6 +6,7 @@ ever spelled into SQL.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -83,11 +84,22 @@ def require_open(row: asyncpg.Record) -> None:
         raise session_not_open(row["session_id"], row["status"])
 
 
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # a JSON \u0000 escape, not an escaped backslash + "u0000"
+
+
+def jsonb_text(value: Any) -> str:
+    """JSON text that jsonb accepts. jsonb cannot hold NUL; text from downstream (an answer, an error message)
+    may carry one: it is stored with U+FFFD in its place (SQLite keeps the NUL). Clients' own JSON never gets here
+    with one: validation refuses it on both engines."""
+    text = dumps(value)
+    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", text) if "\\u0000" in text else text
+
+
 async def insert_event(
     conn: asyncpg.Connection, session_id: str, event_type: str, ts: int, data: Any
 ) -> dict[str, Any]:
     """One event; the caller holds the session row's lock, so ids follow commit order within the session."""
-    text = None if data is None else dumps(data)
+    text = None if data is None else jsonb_text(data)
     event_id = await conn.fetchval(
         "INSERT INTO session_events (session_id, event_type, timestamp, event_data) VALUES ($1, $2, $3, $4::jsonb) "
         "RETURNING id",

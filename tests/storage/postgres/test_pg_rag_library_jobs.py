@@ -163,3 +163,24 @@ async def test_a_claim_skips_rows_another_transaction_holds(pg_storage: Postgres
             assert await jobs.claim("owner", 5, lease_ms=60_000, max_attempts=5) == [free]  # no wait on `held`
     finally:
         await conn.close()
+
+
+async def test_downstream_text_with_a_nul_is_stored_with_a_replacement_character(pg_storage: PostgresStorage) -> None:
+    """jsonb cannot hold NUL: an answer or error message from downstream carrying one must not turn the write into
+    a 500 (SQLite stores it as is). Validation already refuses a NUL in what clients send, on both engines."""
+    sid = await new_session(pg_storage)
+    counters = await pg_storage.rag.record(
+        sid, "RAG_QUERY", {"model_used": "m\x00x", "escaped": "a\\u0000b"}, add={"query_count": 1}
+    )
+    assert counters["query_count"] == 1
+    page = await pg_storage.sessions.list_events(TEACHER, sid, EventsQuery(), after=0)
+    data = page.events[-1]["event_data"]
+    assert data == {"model_used": "m\ufffdx", "escaped": "a\\u0000b"}  # an escaped backslash stays as it was
+    job = await _job(pg_storage, sid)
+    assert await pg_storage.jobs.claim("owner-n", 1, lease_ms=60_000, max_attempts=5) == [job]
+    change = JobProgress(job, "owner-n", 60_000, error={"filename": "a.md", "error": "rag said \x00"})
+    await pg_storage.jobs.progress(change)
+    await pg_storage.jobs.fail(job, "owner-n", "internal \x00 error")
+    row = await pg_storage.jobs.get(job)
+    assert row is not None
+    assert [e["error"] for e in row["errors"]] == ["rag said \ufffd", "internal \ufffd error"]
