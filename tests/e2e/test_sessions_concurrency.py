@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sessions_kit import all_events, bounded_gather, create, db_path, sql, walk_sessions
 
-from support.inprocess import InProcessServer
+from support.inprocess import AppGatewayFactory
 from support.servers import auth
 
 pytestmark = pytest.mark.engines
@@ -22,7 +22,9 @@ HOT_WRITERS = 60
 IN_FLIGHT = 48
 
 
-async def test_concurrent_creates_events_and_patches(gateway: InProcessServer, db_engine: str) -> None:
+async def test_concurrent_creates_events_and_patches(make_app_gateway: AppGatewayFactory, db_engine: str) -> None:
+    # exact counts are the point: PostgreSQL's pool wait gets the client's patience (its 503 is tested elsewhere)
+    gateway = await make_app_gateway(db_pool_timeout_s=30.0)
     responses: list[httpx.Response] = []
     async with gateway.client(timeout=60) as client:
         hot = (await create(client, name="hot", start_state=0))["session_id"]
