@@ -98,6 +98,18 @@ def check_list_filter(principal: Principal, query: ListQuery) -> None:
         raise Forbidden("only admins may filter by another user_id")
 
 
+def retention_cutoff(keep_newest: int | None, older_than_days: float | None) -> int | None:
+    """Check a cleanup's retention rule (``ValueError`` when absent or negative); the end-time cutoff in Unix ms
+    of ``older_than_days``, None without it."""
+    if keep_newest is None and older_than_days is None:
+        raise ValueError("give keep_newest and/or older_than_days")
+    if keep_newest is not None and keep_newest < 0:
+        raise ValueError("keep_newest must be >= 0")
+    if older_than_days is not None and older_than_days < 0:
+        raise ValueError("older_than_days must be >= 0")
+    return None if older_than_days is None else int(now_ms() - older_than_days * 86_400_000)
+
+
 def percentile_offset(count: int, q: float) -> int:
     """The row offset of the ``q`` quantile among ``count`` ordered values (nearest rank)."""
     return min(count - 1, max(0, int(round(q * (count - 1)))))

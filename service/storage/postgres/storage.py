@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import asyncpg
 
+from service.sessions import rules
 from service.sessions.domain import END_STATUSES
 from service.settings import DatabaseSettings
 from service.storage.base import (
@@ -93,17 +92,12 @@ class PostgresStorage:
         )
 
     async def cleanup(self, *, keep_newest: int | None = None, older_than_days: float | None = None) -> CleanupResult:
-        """As ``service/db/maintenance.py``: ended sessions beyond either rule go, with their events; open never."""
-        if keep_newest is None and older_than_days is None:
-            raise ValueError("give keep_newest and/or older_than_days")
-        if keep_newest is not None and keep_newest < 0:
-            raise ValueError("keep_newest must be >= 0")
-        if older_than_days is not None and older_than_days < 0:
-            raise ValueError("older_than_days must be >= 0")
+        """As ``service/storage/sqlite/maintenance.py``: ended sessions beyond either rule go, with their events;
+        open ones never."""
+        cutoff = rules.retention_cutoff(keep_newest, older_than_days)
         async with self.db.unit("write") as conn:
             doomed: set[str] = set()
-            if older_than_days is not None:
-                cutoff = int(time.time() * 1000 - older_than_days * 86_400_000)
+            if cutoff is not None:
                 rows = await conn.fetch(
                     "SELECT session_id FROM sessions WHERE status = ANY($1::text[]) AND end_time < $2",
                     list(END_STATUSES),

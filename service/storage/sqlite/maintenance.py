@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from service.sessions import rules
 from service.sessions.domain import END_STATUSES, OPEN_STATUSES
 from service.storage.base import BackupResult, CleanupResult
 from service.storage.sqlite.database import Database
@@ -49,18 +50,12 @@ async def cleanup(
     before now - D days. With both, a session goes when either rule says so. Open sessions (ACTIVE and INACTIVE)
     never match: every statement filters on an ended status, through ``idx_sessions_status_end``.
     """
-    if keep_newest is None and older_than_days is None:
-        raise ValueError("give keep_newest and/or older_than_days")
-    if keep_newest is not None and keep_newest < 0:
-        raise ValueError("keep_newest must be >= 0")
-    if older_than_days is not None and older_than_days < 0:
-        raise ValueError("older_than_days must be >= 0")
+    cutoff = rules.retention_cutoff(keep_newest, older_than_days)
 
     def run(conn: sqlite3.Connection) -> CleanupResult:
         doomed: set[str] = set()
         for status in END_STATUSES:
-            if older_than_days is not None:
-                cutoff = int(time.time() * 1000 - older_than_days * 86_400_000)
+            if cutoff is not None:
                 doomed.update(
                     r[0]
                     for r in conn.execute(
