@@ -14,12 +14,11 @@ from typing import Any
 import asyncpg
 
 from service.auth import Principal
+from service.library.job_rows import DIED_TOO_OFTEN, new_job_documents, parsed
 from service.storage.base import JobProgress, LeaseLost
 from service.storage.postgres.engine import Engine
 from service.storage.postgres.sql import jsonb_text, unnameable
 from service.timeutil import now_ms
-
-_JSON_COLUMNS = ("params", "files", "results", "errors")
 
 
 async def apply_progress(conn: asyncpg.Connection, change: JobProgress) -> None:
@@ -55,6 +54,7 @@ class PostgresJobs:
         extra: dict[str, Any],
     ) -> str:
         job_id = uuid.uuid4().hex
+        params_json, files_json = new_job_documents(files, params, extra)
         async with self.db.unit("write") as conn:
             await conn.execute(
                 "INSERT INTO ingestion_jobs (job_id, owner_id, owner_role, session_id, status, params, files, "
@@ -63,8 +63,8 @@ class PostgresJobs:
                 principal.id,
                 principal.role,
                 session_id,
-                json.dumps({"process": params, "extra": extra}),
-                json.dumps([{"id": i, "filename": n} for i, n in files]),
+                params_json,
+                files_json,
                 now_ms(),
             )
         return job_id
@@ -83,10 +83,7 @@ class PostgresJobs:
             )
         if row is None:
             return None
-        out = dict(row)
-        for column in _JSON_COLUMNS:
-            out[column] = json.loads(out[column])
-        return out
+        return parsed(row)
 
     async def claimable(self) -> bool:
         found = await self.db.fetchval(
@@ -105,7 +102,7 @@ class PostgresJobs:
                 "WHERE job_id IN (SELECT job_id FROM ingestion_jobs WHERE status = 'running' AND lease_until < $1 "
                 "AND attempts >= $3 FOR UPDATE SKIP LOCKED)",
                 now,
-                json.dumps({"filename": "", "error": "the process running it died too many times"}),
+                json.dumps(DIED_TOO_OFTEN),
                 max_attempts,
             )
             rows = await conn.fetch(

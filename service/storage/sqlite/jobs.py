@@ -13,11 +13,10 @@ import uuid
 from typing import Any
 
 from service.auth import Principal
+from service.library.job_rows import DIED_TOO_OFTEN, new_job_documents, parsed
 from service.storage.base import JobProgress, LeaseLost
 from service.storage.sqlite.database import Database
 from service.timeutil import now_ms
-
-_JSON_COLUMNS = ("params", "files", "results", "errors")
 
 
 def progress_sql(conn: sqlite3.Connection, change: JobProgress) -> None:
@@ -62,6 +61,7 @@ class SqliteJobs:
         """Insert a queued job for ``files`` ((library id, name)); its id. ``params`` go to ``process_documents``;
         ``extra`` is recorded only (the RAG service's process-and-store has no LLM post-processing)."""
         job_id = uuid.uuid4().hex
+        params_json, files_json = new_job_documents(files, params, extra)
         await self.db.write_sql(
             "INSERT INTO ingestion_jobs (job_id, owner_id, owner_role, session_id, status, params, files, "
             "created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -70,8 +70,8 @@ class SqliteJobs:
                 principal.id,
                 principal.role,
                 session_id,
-                json.dumps({"process": params, "extra": extra}),
-                json.dumps([{"id": i, "filename": n} for i, n in files]),
+                params_json,
+                files_json,
                 now_ms(),
             ),
         )
@@ -87,10 +87,7 @@ class SqliteJobs:
             )
         if not rows:
             return None
-        row = dict(rows[0])
-        for column in _JSON_COLUMNS:
-            row[column] = json.loads(row[column])
-        return row
+        return parsed(dict(rows[0]))
 
     async def claimable(self) -> bool:
         """A read, so an idle runner takes no write lock each poll (the writer and its lock are shared with every
@@ -112,7 +109,7 @@ class SqliteJobs:
                 "WHERE status = 'running' AND lease_until < ? AND attempts >= ?",
                 (
                     now,
-                    json.dumps({"filename": "", "error": "the process running it died too many times"}),
+                    json.dumps(DIED_TOO_OFTEN),
                     now,
                     max_attempts,
                 ),
