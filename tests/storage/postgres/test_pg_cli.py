@@ -7,31 +7,13 @@ a traceback; ``cleanup`` works as on SQLite.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from support.cli import run_service
 
 
 async def cli(dsn: str, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CURSOR_", "WORKERS"))}
-    env.update({"DATABASE_URL": dsn, "LOG_LEVEL": "warning"})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        *args,
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_service(*args, env={"DATABASE_URL": dsn})
 
 
 async def test_maintenance_commands_on_postgres(pg_empty_dsn: str) -> None:

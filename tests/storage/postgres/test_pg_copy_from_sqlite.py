@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from support.cli import run_service
 from support.inprocess import AppGatewayFactory
 from support.servers import auth
 
-REPO = Path(__file__).resolve().parents[3]
 TABLES = ("sessions", "session_events", "library_files", "ingestion_jobs")
 
 
 async def run_copy(sqlite_path: str, dsn: str) -> tuple[int, str, str]:
-    env = {**os.environ, "DATABASE_PATH": sqlite_path, "DATABASE_URL": dsn, "LOG_LEVEL": "warning"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        "copy-to-postgres",
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_service("copy-to-postgres", env={"DATABASE_PATH": sqlite_path, "DATABASE_URL": dsn})
 
 
 async def fill(client: httpx.AsyncClient) -> list[str]:
