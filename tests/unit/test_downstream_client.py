@@ -11,11 +11,11 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
-from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service.context import request_id_var
 from service.downstream import Downstream
 from service.downstream import client as client_module
+from service.downstream.aiohttp_transport import mapped_errors
 from service.downstream.client import DownstreamBadAnswer, DownstreamTimeout, DownstreamUnavailable
 from service.settings import Settings
 
@@ -277,9 +277,9 @@ async def test_connect_timeout_is_503_and_retried_even_for_post(make: Callable[.
 
 
 def aiohttp_failure(exc: Exception) -> Exception:
-    """The httpx exception httpx-aiohttp raises for an aiohttp one (its own mapping, ``__cause__`` kept)."""
+    """The httpx exception the aiohttp transport raises for an aiohttp one (``__cause__`` kept)."""
     try:
-        with map_aiohttp_exceptions():
+        with mapped_errors(httpx.Request("POST", "http://rag.test/query")):
             raise exc
     except httpx.HTTPError as mapped:
         return mapped
