@@ -100,7 +100,11 @@ def create_app(
         async with AsyncExitStack() as opened:
             observe_db = metrics.db_op if settings.metrics_enabled else None
             try:
-                storage = open_storage(settings, observer=observe_db)
+                storage = open_storage(
+                    settings,
+                    observer=observe_db,
+                    batch_observer=metrics.db_batch_size if settings.metrics_enabled else None,
+                )
                 # SQLite migrates here; on PostgreSQL the migration is a one-off job, and a replica finding an
                 # older schema starts not-ready (a newer one is refused by open either way)
                 await storage.open(run_migrations=storage.migrates_on_start)

@@ -23,6 +23,7 @@ from starlette.types import Scope
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DB_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # bounded label values
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -85,7 +86,18 @@ class Metrics:
             buckets=DB_BUCKETS,
             registry=r,
         )
+        self.db_batch = Histogram(
+            "db_batch_size",
+            "Calls per batch handed to one SQLite connection (one thread hop; for writes one COMMIT)",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # labels() takes a lock and a lookup per call: each label set is resolved once
+        self._db_children: dict[str, Any] = {}
+        self._batch_children: dict[str, Any] = {}
+        self._downstream_children: dict[tuple[str, str], Any] = {}
         self.loop_lag = Gauge(
             "event_loop_lag_seconds", "Latest event-loop lag sample", multiprocess_mode="liveall", registry=r
         )
@@ -110,10 +122,22 @@ class Metrics:
         children[1].observe(seconds)
 
     def db_op(self, kind: str, seconds: float) -> None:
-        self.db.labels(kind).observe(seconds)
+        child = self._db_children.get(kind)
+        if child is None:
+            child = self._db_children[kind] = self.db.labels(kind)
+        child.observe(seconds)
+
+    def db_batch_size(self, kind: str, size: int) -> None:
+        child = self._batch_children.get(kind)
+        if child is None:
+            child = self._batch_children[kind] = self.db_batch.labels(kind)
+        child.observe(size)
 
     def downstream_call(self, service: str, outcome: str, seconds: float) -> None:
-        self.downstream.labels(service, outcome).observe(seconds)
+        child = self._downstream_children.get((service, outcome))
+        if child is None:
+            child = self._downstream_children[(service, outcome)] = self.downstream.labels(service, outcome)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self._scraped)

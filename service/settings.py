@@ -150,6 +150,10 @@ class DatabaseSettings(_Group):
     db_cache_size_kib: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)] = 32768
     db_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
     db_synchronous: Synchronous = "NORMAL"
+    # WAL pages between automatic checkpoints (SQLite's default 1000), and the size the WAL file is cut back to
+    # after a checkpoint: together they bound the WAL on disk (bench/README.md, "WAL checkpoints")
+    db_wal_autocheckpoint: Annotated[int, Field(ge=100, le=1_000_000)] = 1000
+    db_journal_size_limit_bytes: Annotated[int, Field(ge=1_048_576, le=2**40)] = 64 * 1024 * 1024
     # PostgreSQL instead of the SQLite file when set (``service/storage/postgres``); the pool is per process.
     database_url: PostgresUrl = SecretStr("")
     db_pool_size: Annotated[int, Field(ge=1, le=1000)] = 8

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from service.storage.base import (
     BackupResult,
+    BatchObserver,
     CleanupResult,
     Engine,
     EventPage,
@@ -27,8 +28,14 @@ if TYPE_CHECKING:
     from service.settings import DatabaseSettings
 
 
-def open_storage(settings: DatabaseSettings, *, observer: OpObserver | None = None) -> Storage:
-    """The configured engine's storage, not opened yet (``await storage.open()``)."""
+def open_storage(
+    settings: DatabaseSettings,
+    *,
+    observer: OpObserver | None = None,
+    batch_observer: BatchObserver | None = None,
+) -> Storage:
+    """The configured engine's storage, not opened yet (``await storage.open()``). ``batch_observer`` sees the
+    size of each SQLite batch (PostgreSQL has none: each unit takes a pooled connection)."""
     if settings.database_url.get_secret_value():
         try:
             from service.storage import postgres
@@ -38,7 +45,7 @@ def open_storage(settings: DatabaseSettings, *, observer: OpObserver | None = No
         return storage
     from service.storage.sqlite import SqliteStorage
 
-    return SqliteStorage.from_settings(settings, observer=observer)
+    return SqliteStorage.from_settings(settings, observer=observer, batch_observer=batch_observer)
 
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "JobProgress",
     "LeaseLost",
     "NotSupportedByEngine",
+    "BatchObserver",
     "OpObserver",
     "SessionPage",
     "Storage",

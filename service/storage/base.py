@@ -34,6 +34,7 @@ from service.sessions.models import (
 Engine = Literal["sqlite", "postgres"]
 Rule = Literal["see", "own"]
 OpObserver = Callable[[str, float], None]  # (kind: "read" | "write", seconds), for the metrics
+BatchObserver = Callable[[str, int], None]  # (kind: "read" | "write", calls in one batch), for the metrics
 
 
 class StorageUnavailable(ApiError):

@@ -228,6 +228,8 @@ def test_settings_are_grouped_by_concern_with_flat_names() -> None:
         "db_cache_size_kib",
         "db_busy_timeout_ms",
         "db_synchronous",
+        "db_wal_autocheckpoint",
+        "db_journal_size_limit_bytes",
         "database_url",
         "db_pool_size",
         "db_pool_timeout_s",

@@ -1,8 +1,9 @@
-"""Coalescing of database calls: everything submitted in one event-loop iteration goes in one thread hop.
+"""Coalescing of database calls: what arrives while a connection is busy goes in its next thread hop.
 
-An aiosqlite call costs a thread wake-up (~0.4 ms idle). Under load many requests reach the database in the same
-loop iteration; running them as one batch on the connection's thread turns N hops into one, and for writes N
-commits into one (group commit). Each call keeps its own outcome: a write runs in its own SAVEPOINT, so one
+An aiosqlite call costs a thread wake-up (~0.4 ms idle). Each connection has at most one batch in flight; every
+call submitted meanwhile waits in one queue and goes, first come first served, in the next batch (up to
+``max_batch``), so the busier the connection, the fuller its batches. For writes N commits become one (group
+commit); reads share one snapshot. Each call keeps its own outcome: a write runs in its own SAVEPOINT, so one
 failing call rolls back only itself, and nobody is answered before the batch's COMMIT has succeeded.
 """
 
@@ -16,12 +17,24 @@ from typing import Any
 Work = Callable[[sqlite3.Connection], Any]
 Outcome = tuple[bool, Any]  # (succeeded, value or exception)
 BatchRunner = Callable[[list[Work]], Awaitable[list[Outcome]]]
+BatchObserver = Callable[[int], None]  # the size of each batch handed to a connection
 
 
 class Batcher:
-    def __init__(self, run_batch: BatchRunner, *, max_batch: int = 256) -> None:
+    """``slots``: batches in flight at once (one per connection: the runner is handed a free one each time)."""
+
+    def __init__(
+        self,
+        run_batch: BatchRunner,
+        *,
+        slots: int = 1,
+        max_batch: int = 256,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self._run_batch = run_batch
+        self._slots = slots
         self._max = max_batch
+        self._observer = observer
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -30,19 +43,26 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((work, future))
-        if not self._scheduled:
+        if not self._scheduled and len(self._tasks) < self._slots:
+            # a free connection: start at the end of this loop iteration, with whatever else it brings
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending[: self._max], self._pending[self._max :]
-        self._scheduled = bool(self._pending)
-        if self._scheduled:
-            asyncio.get_running_loop().call_soon(self._flush)
-        task = asyncio.ensure_future(self._dispatch(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._scheduled = False
+        while self._pending and len(self._tasks) < self._slots:
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            if self._observer is not None:
+                self._observer(len(batch))
+            task = asyncio.ensure_future(self._dispatch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending:  # everything that queued while the connection was busy: the next batch, now
+            self._flush()
 
     async def _dispatch(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
         try:
@@ -66,7 +86,7 @@ class Batcher:
                 future.set_exception(value)
 
     async def drain(self) -> None:
-        """Wait for every batch already dispatched (used before closing the connections)."""
+        """Wait for every call already submitted (used before closing the connections)."""
         while self._pending or self._tasks:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

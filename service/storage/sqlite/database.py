@@ -10,15 +10,15 @@ most one hop:
 - ``write(fn)``: a whole unit of work run on the writer's thread (one hop, atomic);
 - ``write_sql(sql, params)``: a single-statement unit, rows of its ``RETURNING`` clause.
 
-Calls made in the same loop iteration share their hop (``batching.py``): under load a batch of reads is one hop
-and one snapshot, a batch of writes one hop and one COMMIT, each write still atomic on its own.
+Calls share hops (``batching.py``): each connection has one batch in flight, and what arrives meanwhile forms its
+next batch; under load a batch of reads is one hop and one snapshot, a batch of writes one hop and one COMMIT,
+each write still atomic on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import sqlite3
 import time
@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from service.settings import DatabaseSettings
+from service.storage.base import BatchObserver as SizeObserver
 from service.storage.base import OpObserver
 from service.storage.sqlite import migrations
-from service.storage.sqlite.batching import Batcher, Outcome, Work, run_reads, run_writes
+from service.storage.sqlite.batching import Batcher, BatchObserver, Outcome, Work, run_reads, run_writes
 
 T = TypeVar("T")
 Rows = list[sqlite3.Row]
@@ -39,9 +40,25 @@ Rows = list[sqlite3.Row]
 log = logging.getLogger(__name__)
 
 
-def _apply_pragmas(conn: sqlite3.Connection, *, cache_kib: int, busy_ms: int, synchronous: str) -> None:
+def _sized(kind: str, observer: SizeObserver | None) -> BatchObserver | None:
+    return None if observer is None else functools.partial(observer, kind)
+
+
+def _apply_pragmas(
+    conn: sqlite3.Connection,
+    *,
+    cache_kib: int,
+    busy_ms: int,
+    synchronous: str,
+    wal_autocheckpoint: int,
+    journal_size_limit: int,
+) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # integers validated by Settings; a checkpoint every N pages, and the WAL file truncated back to the limit
+    # after one (it otherwise stays at its high-water mark)
+    conn.execute(f"PRAGMA wal_autocheckpoint = {wal_autocheckpoint:d}")
+    conn.execute(f"PRAGMA journal_size_limit = {journal_size_limit:d}")
     conn.execute(f"PRAGMA cache_size = {-abs(cache_kib):d}")
     conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -55,7 +72,12 @@ class Database:
     service and the CLI open the configured one."""
 
     def __init__(
-        self, path: str, settings: DatabaseSettings | None = None, *, observer: OpObserver | None = None
+        self,
+        path: str,
+        settings: DatabaseSettings | None = None,
+        *,
+        observer: OpObserver | None = None,
+        batch_observer: SizeObserver | None = None,
     ) -> None:
         config = settings if settings is not None else DatabaseSettings()
         self.path = path
@@ -63,17 +85,25 @@ class Database:
         self._cache_kib = config.db_cache_size_kib
         self._busy_ms = config.db_busy_timeout_ms
         self._synchronous = config.db_synchronous
+        self._wal_autocheckpoint = config.db_wal_autocheckpoint
+        self._journal_size_limit = config.db_journal_size_limit_bytes
         self._observer = observer
         self._writer: aiosqlite.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
-        self._next_reader: itertools.cycle[aiosqlite.Connection] | None = None
-        self._reads = Batcher(self._run_reads)
-        self._writes = Batcher(self._run_writes)
+        self._idle_readers: list[aiosqlite.Connection] = []  # one batch in flight per reader: a free one each time
+        self._reads = Batcher(self._run_reads, slots=self._n_readers, observer=_sized("read", batch_observer))
+        self._writes = Batcher(self._run_writes, observer=_sized("write", batch_observer))
         self.migrations_applied: list[str] = []
 
     @classmethod
-    def from_settings(cls, settings: DatabaseSettings, *, observer: OpObserver | None = None) -> Database:
-        return cls(settings.database_path, settings, observer=observer)
+    def from_settings(
+        cls,
+        settings: DatabaseSettings,
+        *,
+        observer: OpObserver | None = None,
+        batch_observer: SizeObserver | None = None,
+    ) -> Database:
+        return cls(settings.database_path, settings, observer=observer, batch_observer=batch_observer)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def open(self, *, run_migrations: bool = True) -> None:
@@ -94,14 +124,21 @@ class Database:
             self._readers.clear()
             self._writer = None
             raise
-        self._next_reader = itertools.cycle(self._readers)
+        self._idle_readers = list(self._readers)
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
 
         def setup(c: sqlite3.Connection) -> None:
-            _apply_pragmas(c, cache_kib=self._cache_kib, busy_ms=self._busy_ms, synchronous=self._synchronous)
+            _apply_pragmas(
+                c,
+                cache_kib=self._cache_kib,
+                busy_ms=self._busy_ms,
+                synchronous=self._synchronous,
+                wal_autocheckpoint=self._wal_autocheckpoint,
+                journal_size_limit=self._journal_size_limit,
+            )
 
         try:
             await self._run(conn, setup)  # e.g. "file is not a database"
@@ -117,7 +154,7 @@ class Database:
         for reader in self._readers:
             await reader.close()
         self._readers.clear()
-        self._next_reader = None
+        self._idle_readers = []
         if self._writer is not None:
             try:
                 await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -138,7 +175,7 @@ class Database:
         return await self.read_fn(run)
 
     async def read_fn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._next_reader is None:
+        if not self._readers:
             raise RuntimeError("database is not open")
         start = time.perf_counter()
         result: T = await self._reads.submit(fn)
@@ -164,9 +201,14 @@ class Database:
 
     # -- internals -----------------------------------------------------------------------------------------
     async def _run_reads(self, works: list[Work]) -> list[Outcome]:
-        if self._next_reader is None:
+        if not self._idle_readers:  # closed meanwhile (the batcher never runs more batches than readers)
             raise RuntimeError("database is not open")
-        return await self._run(next(self._next_reader), functools.partial(run_reads, works=works))
+        reader = self._idle_readers.pop()
+        try:
+            return await self._run(reader, functools.partial(run_reads, works=works))
+        finally:
+            if reader in self._readers:
+                self._idle_readers.append(reader)
 
     async def _run_writes(self, works: list[Work]) -> list[Outcome]:
         return await self._run(self._writer_conn(), functools.partial(run_writes, works=works))

@@ -12,6 +12,7 @@ import sqlite3
 from service.settings import DatabaseSettings
 from service.storage.base import (
     BackupResult,
+    BatchObserver,
     CleanupResult,
     Engine,
     JobStore,
@@ -46,8 +47,14 @@ class SqliteStorage:
         self.migrations_applied: list[str] = []
 
     @classmethod
-    def from_settings(cls, settings: DatabaseSettings, *, observer: OpObserver | None = None) -> SqliteStorage:
-        return cls(Database.from_settings(settings, observer=observer))
+    def from_settings(
+        cls,
+        settings: DatabaseSettings,
+        *,
+        observer: OpObserver | None = None,
+        batch_observer: BatchObserver | None = None,
+    ) -> SqliteStorage:
+        return cls(Database.from_settings(settings, observer=observer, batch_observer=batch_observer))
 
     @classmethod
     def at(cls, path: str, settings: DatabaseSettings | None = None) -> SqliteStorage:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,102 @@ async def test_a_single_failing_write_raises_and_leaves_nothing(db: Database) ->
     with pytest.raises(sqlite3.IntegrityError):
         await db.write_sql("INSERT INTO t VALUES ('neg', -5)")
     assert (await db.read("SELECT count(*) FROM t"))[0][0] == 0
+
+
+@pytest.fixture
+async def observed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A database whose batch sizes are recorded, as ``(kind, size)``, in the order batches were formed."""
+    sizes: list[tuple[str, int]] = []
+    database = Database(str(tmp_path / "o.db"), batch_observer=lambda kind, n: sizes.append((kind, n)))
+    await database.open()
+    await database.write_sql("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    sizes.clear()
+    yield database, sizes
+    await database.close()
+
+
+def _blocking(gate: threading.Event, started: threading.Event):  # type: ignore[no-untyped-def]
+    def run(conn: sqlite3.Connection) -> None:
+        started.set()
+        assert gate.wait(10), "the test never released the connection"
+
+    return run
+
+
+async def _until(event: threading.Event) -> None:
+    for _ in range(1000):
+        if event.is_set():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the blocking unit never started")
+
+
+async def test_writes_submitted_while_the_writer_is_busy_form_its_next_batch(observed) -> None:  # type: ignore[no-untyped-def]
+    db, sizes = observed
+    gate, started = threading.Event(), threading.Event()
+    busy = asyncio.ensure_future(db.write(_blocking(gate, started)))
+    await _until(started)
+    order: list[int] = []
+
+    def insert(i: int):  # type: ignore[no-untyped-def]
+        def run(conn: sqlite3.Connection) -> int:
+            order.append(i)  # runs on the writer's thread, in the order the batch holds the units
+            conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))
+            return i
+
+        return run
+
+    waiting = []
+    for i in range(40):  # one per loop iteration: the old per-iteration batching would have made 40 batches
+        waiting.append(asyncio.ensure_future(db.write(insert(i))))
+        await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)  # nobody is answered before the batch holding it has committed
+    gate.set()
+    assert await asyncio.gather(*waiting) == list(range(40))
+    await busy
+    assert sizes == [("write", 1), ("write", 40)]
+    assert order == list(range(40))  # first come, first served
+    assert (await db.read("SELECT count(*) FROM t"))[0][0] == 40
+
+
+async def test_a_queue_longer_than_a_batch_goes_in_order_in_full_batches(observed) -> None:  # type: ignore[no-untyped-def]
+    db, sizes = observed
+    gate, started = threading.Event(), threading.Event()
+    busy = asyncio.ensure_future(db.write(_blocking(gate, started)))
+    await _until(started)
+    order: list[int] = []
+
+    def insert(i: int):  # type: ignore[no-untyped-def]
+        def run(conn: sqlite3.Connection) -> None:
+            order.append(i)
+            conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))
+
+        return run
+
+    waiting = [asyncio.ensure_future(db.write(insert(i))) for i in range(600)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(busy, *waiting)
+    assert sizes == [("write", 1), ("write", 256), ("write", 256), ("write", 88)]
+    assert order == list(range(600))
+
+
+async def test_each_reader_has_one_batch_in_flight(observed) -> None:  # type: ignore[no-untyped-def]
+    db, sizes = observed
+    gates = [threading.Event(), threading.Event()]
+    starts = [threading.Event(), threading.Event()]
+    blocked = []
+    for gate, started in zip(gates, starts, strict=True):  # both readers (DB_READ_CONNECTIONS=2) held
+        blocked.append(asyncio.ensure_future(db.read_fn(_blocking(gate, started))))
+        await _until(started)
+    reads = []
+    for i in range(30):
+        reads.append(asyncio.ensure_future(db.read("SELECT ? AS i", (i,))))
+        await asyncio.sleep(0)
+    assert not any(r.done() for r in reads)
+    gates[0].set()  # one reader comes free: everything queued goes to it, in one snapshot
+    got = await asyncio.gather(*reads)
+    assert [rows[0][0] for rows in got] == list(range(30))
+    gates[1].set()
+    await asyncio.gather(*blocked)
+    assert sizes == [("read", 1), ("read", 1), ("read", 30)]

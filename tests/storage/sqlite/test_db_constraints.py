@@ -55,7 +55,9 @@ GOOD_ENDED = {**GOOD_ACTIVE, "session_id": "s-ended", "end_time": 2_000, "end_st
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """A database file migrated by the service's own migration, with the service's connection pragmas."""
     c = sqlite3.connect(tmp_path / "constraints.db", isolation_level=None)
-    _apply_pragmas(c, cache_kib=1024, busy_ms=1000, synchronous="NORMAL")
+    _apply_pragmas(
+        c, cache_kib=1024, busy_ms=1000, synchronous="NORMAL", wal_autocheckpoint=1000, journal_size_limit=2**26
+    )
     assert migrations.migrate(c) == [f"applied schema migration v{n}" for n in range(1, migrations.SCHEMA_VERSION + 1)]
     yield c
     c.close()

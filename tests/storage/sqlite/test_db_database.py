@@ -26,7 +26,13 @@ META_MAX = 65_536
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(str(tmp_path / "engine.db"), DatabaseSettings(db_busy_timeout_ms=4321, db_cache_size_kib=2048))
+    settings = DatabaseSettings(
+        db_busy_timeout_ms=4321,
+        db_cache_size_kib=2048,
+        db_wal_autocheckpoint=4000,
+        db_journal_size_limit_bytes=8 * 2**20,
+    )
+    database = Database(str(tmp_path / "engine.db"), settings)
     await database.open()
     yield database
     await database.close()
@@ -47,7 +53,16 @@ def wal_bytes(path: str) -> int:
 
 async def test_connection_policy(db: Database) -> None:
     def pragmas(conn: sqlite3.Connection) -> dict[str, object]:
-        names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout", "cache_size", "query_only")
+        names = (
+            "journal_mode",
+            "synchronous",
+            "foreign_keys",
+            "busy_timeout",
+            "cache_size",
+            "query_only",
+            "wal_autocheckpoint",
+            "journal_size_limit",
+        )
         return {n: conn.execute(f"PRAGMA {n}").fetchone()[0] for n in names}
 
     writer = await db.run_on_writer(pragmas)
@@ -58,6 +73,8 @@ async def test_connection_policy(db: Database) -> None:
         "busy_timeout": 4321,
         "cache_size": -2048,
         "query_only": 0,
+        "wal_autocheckpoint": 4000,
+        "journal_size_limit": 8 * 2**20,
     }
     reader = await db.read_fn(pragmas)
     assert reader == {**writer, "query_only": 1}
