@@ -81,7 +81,7 @@ def tails(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {
             "scenario": r["scenario"],
             "target": r["target"],
-            "connections": r["connections"],
+            "connections": r.get("connections"),
             "p50_ms": r["latency_ms"]["p50"],
             "p99_ms": r["latency_ms"]["p99"],
             "max_ms": r["latency_ms"]["max"],
