@@ -461,7 +461,12 @@ def bench_markdown(data: dict[str, Any]) -> str:
             tails_table(data["tails"]),
         ]
     if data.get("targets"):
-        parts += ["## Targets\n", targets_table(data["targets"])]
+        parts += [
+            "## Targets\n",
+            "met n/a = not measured in this run (the note says which run was missing); the reason of a missed target "
+            "is its entry in `REASONS` (bench/targets.py).\n",
+            targets_table(data["targets"]),
+        ]
     cc = data["client_check"]
     busy = cc["runs_with_busy_client"]
     parts.append(
