@@ -61,8 +61,10 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# then the README's targets table from the same bench/results/bench.json
 bench: $(STAMP) wrk postgres
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.readme
 
 soak: $(STAMP) wrk
 	$(BIN)/python -m bench.run --soak

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import BASELINE, GATEWAY, POSTGRES, SCALE_CONFIGS, SQLITE, scale_variant
+from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, SCALE_CONFIGS, SQLITE, scale_variant
+from bench.targets import TAIL_RATIO_MAX, evaluate, saturated_gateway_runs, tail_ratio
 
 MAIN_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c100", "rag_c500", "rag_c1000", "mixed")
 CLIENT_BUSY_PCT = 80.0
@@ -35,12 +36,15 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     ceiling_rps = ceiling["rps"] if ceiling else None
     for r in runs:
         base = _find(runs, r["scenario"], BASELINE)
+        naive = _find(runs, r["scenario"], NAIVE)
         r["x_ceiling"] = _ratio(r.get("rps"), ceiling_rps)
         r["x_baseline"] = _ratio(r.get("rps"), base["rps"]) if r["target"] == GATEWAY and base else None
+        r["x_naive"] = _ratio(r.get("rps"), naive["rps"]) if r["target"] == GATEWAY and naive else None
         client = r.get("client", {})
         # busy = running or runnable-but-waiting: either way the client could not have sent faster
         r["client_busy"] = client.get("cpu_pct", 0.0) + client.get("runqueue_wait_pct", 0.0) >= CLIENT_BUSY_PCT
     data["targets"] = evaluate(runs)
+    data["tails"] = tails(runs)
     data["overhead"] = overhead(runs)
     data["transports"] = transports(runs)
     data["scale"] = scale(runs)
@@ -58,72 +62,34 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _target(name: str, value: Any, goal: str, met: bool | None, note: str = "") -> dict[str, Any]:
-    return {"target": name, "value": value, "goal": goal, "met": met, "note": note}
+# peers in the tails table, after the gateway
+PEERS = (GATEWAY, NAIVE, BASELINE)
 
 
-def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    gw = {r["scenario"]: r for r in runs if r["target"] == GATEWAY and r["variant"] == "default"}
-    if "read" in gw and gw["read"].get("x_ceiling") is not None:
-        v = gw["read"]["x_ceiling"]
-        out.append(_target("read >= 0.6 x ceiling", f"{v:.2f} x", ">= 0.60 x", v >= 0.6))
-    if "write" in gw and gw["write"].get("x_ceiling") is not None:
-        v = gw["write"]["x_ceiling"]
-        out.append(_target("write >= 0.3 x ceiling", f"{v:.2f} x", ">= 0.30 x", v >= 0.3))
-    if "list" in gw:
-        v = gw["list"]["latency_ms"]["p99"]
-        out.append(_target("list p99 < 50 ms at 64 connections", f"{v:.1f} ms", "< 50 ms", v < 50))
-    if "rag_c1000" in gw:
-        r = gw["rag_c1000"]
-        out.append(_target("rag@1000: zero errors", r["errors_total"], "0", r["errors_total"] == 0))
-        if r.get("x_baseline") is not None:
-            out.append(_target("rag@1000: >= 5 x baseline", f"{r['x_baseline']:.1f} x", ">= 5 x", r["x_baseline"] >= 5))
-        v = r["latency_ms"]["p99"]
-        out.append(_target("rag@1000: p99 < 400 ms", f"{v:.0f} ms", "< 400 ms", v < 400))
-    for name in ("read", "write"):
-        if name in gw and gw[name].get("x_baseline") is not None:
-            v = gw[name]["x_baseline"]
-            out.append(_target(f"{name}: gateway >= 2 x baseline", f"{v:.1f} x", ">= 2 x", v >= 2))
-    gw_all = [r for r in runs if r["target"] == GATEWAY and r.get("lag")]
-    # "every scenario": the gateway as configured by default (transport / overhead variants are experiments)
-    scenario_runs = [r for r in gw_all if r["variant"] == "default" or r.get("paced")]
-    for paced, label in ((False, "saturated (closed-loop wrk)"), (True, "at ~50% load (paced wrk)")):
-        subset = [r for r in scenario_runs if bool(r.get("paced")) == paced]
-        if subset:
-            out += _lag_targets(subset, label)
-    single = [r for r in gw_all if r["group"] != "scale"]  # a WORKERS=2 server's RSS is its processes' sum
-    if single:
-        peak = max(r["server"]["peak_rss_mb"] for r in single)
-        out.append(_target("gateway RSS < 200 MB at peak", f"{peak:.0f} MB", "< 200 MB", peak < 200))
-    return out
-
-
-def _lag_targets(runs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
-    def name(r: dict[str, Any]) -> str:
-        return r["scenario"] if r["variant"] == "default" or r.get("paced") else f"{r['scenario']}[{r['variant']}]"
-
-    p99s = [(r["lag"].get("p99_le_s"), r) for r in runs]
-    bad99 = [f"{name(r)} <={v * 1000:g}" if v is not None else name(r) for v, r in p99s if v is None or v > 0.005]
-    worst99 = max((v or 0.0) for v, _ in p99s)
-    maxes = [(r["lag"].get("max_s") or 0.0, r) for r in runs]
-    badmax = [f"{name(r)} {v * 1000:.0f}" for v, r in maxes if v >= 0.05]
-    worst = max(v for v, _ in maxes)
+def tails(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latency tails of every saturated closed-loop run, per scenario and server (gateway, naive port, baseline):
+    wrk's p50, p99 and max of the responses that completed (its timeouts are errors, outside the distribution)."""
+    gateway = {id(r) for r in saturated_gateway_runs(runs)}
+    picked = [
+        r
+        for r in runs
+        if id(r) in gateway or (r["target"] in PEERS[1:] and r["variant"] == "default" and not r.get("paced"))
+    ]
+    order = {name: i for i, name in enumerate(dict.fromkeys(r["scenario"] for r in runs))}
+    picked.sort(key=lambda r: (order[r["scenario"]], PEERS.index(r["target"])))
     return [
-        _target(
-            f"event-loop lag p99 < 5 ms, every scenario, {label}",
-            f"worst p99 <= {worst99 * 1000:g} ms",
-            "<= 5 ms bucket",
-            not bad99,
-            "over, ms: " + ", ".join(bad99) if bad99 else "",
-        ),
-        _target(
-            f"event-loop lag max < 50 ms, every scenario, {label}",
-            f"worst {worst * 1000:.1f} ms",
-            "< 50 ms",
-            not badmax,
-            "over, ms: " + ", ".join(badmax) if badmax else "",
-        ),
+        {
+            "scenario": r["scenario"],
+            "target": r["target"],
+            "connections": r.get("connections"),
+            "p50_ms": r["latency_ms"]["p50"],
+            "p99_ms": r["latency_ms"]["p99"],
+            "max_ms": r["latency_ms"]["max"],
+            "p99_over_p50": tail_ratio(r),
+            "errors": r["errors_total"],
+            "timeouts": r.get("errors", {}).get("timeout", 0),
+        }
+        for r in picked
     ]
 
 
@@ -285,6 +251,35 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"{r['client']['cpu_pct']:.0f} | {_pct(r['client'].get('runqueue_wait_pct'))} |"
         )
     return head + "\n".join(rows) + "\n" if rows else ""
+
+
+def targets_table(targets: list[dict[str, Any]]) -> str:
+    """One row per target: measured (with its note), goal, met (yes / **no** / n/a: not measured) and, for a
+    missed target, the reason found."""
+    rows = ["| target | measured | goal | met | reason (missed) |", "|---|---|---|---|---|"]
+    for t in targets:
+        met = "yes" if t["met"] else ("n/a" if t["met"] is None else "**no**")
+        note = f" ({t['note']})" if t["note"] else ""
+        rows.append(f"| {t['target']} | {t['value']}{note} | {t['goal']} | {met} | {t.get('reason') or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+def tails_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | server | conns | p50 ms | p99 ms | max ms | p99 / p50 | errors (timeouts) |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = []
+    for t in rows:
+        ratio = t["p99_over_p50"]
+        ratio_s = "n/a" if ratio is None else f"{ratio:.2f}"
+        if ratio is not None and ratio > TAIL_RATIO_MAX:
+            ratio_s = f"**{ratio_s}**"
+        lines.append(
+            f"| {t['scenario']} | {t['target']} | {t['connections']} | {_ms(t['p50_ms'])} | {_ms(t['p99_ms'])} | "
+            f"{_ms(t['max_ms'])} | {ratio_s} | {t['errors']} ({t['timeouts']}) |"
+        )
+    return head + "\n".join(lines) + "\n"
 
 
 def lag_table(runs: list[dict[str, Any]]) -> str:
@@ -457,13 +452,21 @@ def bench_markdown(data: dict[str, Any]) -> str:
                 f"{_ms(o['p99_defaults_ms'])} | {_ms(o['p99_off_ms'])} | {o['throughput_cost_pct']}% |"
             )
         parts.append("")
+    if data.get("tails"):
+        parts += [
+            "## Tails under saturation\n",
+            "Closed-loop wrk, every server at its saturated throughput; p99 / p50 above "
+            f"{TAIL_RATIO_MAX:g} (bold) means some requests waited far longer than others. wrk's latency covers the "
+            "responses that completed: its timeouts are counted as errors, not in the distribution.\n",
+            tails_table(data["tails"]),
+        ]
     if data.get("targets"):
-        parts += ["## Targets\n", "| target | measured | goal | met |", "|---|---|---|---|"]
-        for t in data["targets"]:
-            met = "yes" if t["met"] else ("n/a" if t["met"] is None else "**no**")
-            note = f" ({t['note']})" if t["note"] else ""
-            parts.append(f"| {t['target']} | {t['value']}{note} | {t['goal']} | {met} |")
-        parts.append("")
+        parts += [
+            "## Targets\n",
+            "met n/a = not measured in this run (the note says which run was missing); the reason of a missed target "
+            "is its entry in `REASONS` (bench/targets.py).\n",
+            targets_table(data["targets"]),
+        ]
     cc = data["client_check"]
     busy = cc["runs_with_busy_client"]
     parts.append(

@@ -20,6 +20,7 @@ import httpx
 
 GATEWAY = "gateway"
 BASELINE = "baseline"
+NAIVE = "naive"
 
 # Scenario groups selectable with --scenarios (rag expands to the three concurrencies).
 GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag", "scale")

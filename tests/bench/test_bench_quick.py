@@ -101,12 +101,17 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
             assert r["lag"] is None
     assert runs[("ceiling", "gateway", "default")]["x_ceiling"] == 1.0
     assert runs[("read", "gateway", "default")]["plan_requests"] >= 1
-    targets = {t["target"] for t in data["targets"]}
-    assert "read >= 0.6 x ceiling" in targets and "gateway RSS < 200 MB at peak" in targets
+    targets = {t["id"]: t for t in data["targets"]}
+    assert {"read_x_ceiling", "rss", "tail_ratio", "zero_errors", "rag1000_x_naive"} <= set(targets)
+    assert targets["read_x_ceiling"]["met"] in (True, False) and targets["rss"]["met"] in (True, False)
+    assert targets["rag1000_x_naive"]["met"] is None  # no rag group in this run
+    assert {(t["scenario"], t["target"]) for t in data["tails"]} == {(s, t) for s, t, _ in runs}
+    assert all(t["p50_ms"] <= t["p99_ms"] <= t["max_ms"] for t in data["tails"])
     assert data["client_check"]["max_wrk_cpu_pct"] is not None
 
     md = (out / "bench.md").read_text()
     assert "| ceiling | gateway |" in md and "| read | baseline |" in md and "## Targets" in md
+    assert "## Tails under saturation" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "raw").glob("*/*.plan.tsv"))
     # every child (servers, downstream, wrk) is gone

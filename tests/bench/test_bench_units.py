@@ -109,8 +109,8 @@ def test_targets_are_evaluated_from_runs() -> None:
         }
     )
     met = {t["target"]: t["met"] for t in data["targets"]}
-    assert met["read >= 0.6 x ceiling"] is True
-    assert met["write >= 0.3 x ceiling"] is False
+    assert met["read >= 0.75 x ceiling"] is False  # 0.70 x
+    assert met["write >= 0.35 x ceiling"] is False
     assert met["read: gateway >= 2 x baseline"] is True
     assert met["gateway RSS < 200 MB at peak"] is True
     assert data["client_check"]["runs_with_busy_client"] == []
@@ -201,7 +201,8 @@ def test_scale_rows_ratios_and_markdown() -> None:
     assert ratios[("write", "PostgreSQL 2 / PostgreSQL 1")] == (None, None)
     assert len(data["scale"]["rows"]) == 6
     # the 2-process servers' summed RSS is not held to the single process's 200 MB target
-    assert all(t["target"] != "gateway RSS < 200 MB at peak" for t in data["targets"])
+    rss = next(t for t in data["targets"] if t["id"] == "rss")
+    assert rss["met"] is None and "not measured in this run" in rss["note"]
 
     data |= {
         "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 1, "kernel": "k", "python": "3", "wrk": "w"},
