@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service.auth import ROLES, Principal, Role
@@ -22,6 +22,7 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from service.jsoncodec import FastJSONResponse
 from service.state import AppContext
 
 B = TypeVar("B", bound=BaseModel)
@@ -207,7 +208,7 @@ def to_route(ep: Endpoint, path: str) -> Route:
             raise
         if isinstance(result, Response):
             return result
-        return JSONResponse(result, status_code=ep.status)
+        return FastJSONResponse(result, status_code=ep.status)
 
     endpoint.__name__ = ep.handler.__name__
     return Route(path, endpoint, methods=[ep.method])

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import aiohttp
 import httpx
 
+from service import jsoncodec
 from service.context import request_id_var
 from service.downstream.aiohttp_transport import AiohttpTransport
 from service.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
@@ -236,7 +237,7 @@ class Downstream:
         (``AiohttpTransport.fetch``). Together about a quarter of the CPU of a RAG query (bench/README.md)."""
         if body is not None:
             headers["Content-Type"] = "application/json"
-            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            content = jsoncodec.dumps(body)
         else:
             content = b""
         if self._fetch is not None:
@@ -283,7 +284,7 @@ def _parse(service: str, status: int, content: bytes) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content)
+        return jsoncodec.loads(content)
     except (ValueError, UnicodeDecodeError):
         text = content.decode("utf-8", "replace")
         if 200 <= status < 300:
