@@ -291,6 +291,8 @@ def _peer_run(scenario: str, target: str, rps: float, p50: float, p99: float, er
         "connections": 1000 if scenario == "rag_c1000" else 64,
         "env": {},
         "rps": rps,
+        "requests": int(rps * 15),
+        "duration_s": 15.0,
         "latency_ms": {"p50": p50, "p95": p99, "p99": p99, "max": p99 * 2},
         "errors_total": errors,
         "lag": {"p99_le_s": 0.002, "max_s": 0.01} if target == "gateway" else None,
@@ -311,16 +313,22 @@ def test_route_by_route_section_and_naive_ratios() -> None:
         _peer_run("rag_c1000", "baseline", 300, 3000.0, 4000.0),
         _peer_run("rag_c1000", "naive", 500, 1500.0, 2500.0, errors=7),
         _peer_run("write", "gateway", 3000, 10.0, 20.0),  # no peers measured for write
+        _peer_run("rag_c500", "gateway", 1500, 300.0, 450.0),
+        _peer_run("rag_c500", "naive", 0, 0.0, 0.0, errors=500),  # nothing completed: every request timed out
     ]
     data = report.summarize({"runs": runs})
     assert report.naive_ratio(data["runs"], "rag_c1000") == 4.0
     assert report.naive_ratio(data["runs"], "write") is None
+    assert report.naive_ratio_bound(data["runs"], "rag_c1000") == (4.0, True)
+    # the naive port completed no request in its 15 s window: fewer than 1 / 15 req/s, so gw / naive > 1500 x 15
+    assert report.naive_ratio_bound(data["runs"], "rag_c500") == (22500.0, False)
+    assert report.naive_ratio(data["runs"], "rag_c500") is None
     by_key = {(r["scenario"], r["target"]): r for r in data["runs"]}
     assert by_key[("read", "gateway")]["x_naive"] == 3.0 and by_key[("read", "gateway")]["x_baseline"] == 4.5
     assert by_key[("read", "naive")]["x_naive"] is None and by_key[("write", "gateway")]["x_naive"] is None
 
     rows = {t["scenario"]: t for t in data["route_by_route"]}
-    assert list(rows) == ["ceiling", "read", "rag_c1000"]  # the bench's order; write has no naive run
+    assert list(rows) == ["ceiling", "read", "rag_c500", "rag_c1000"]  # the bench's order; write: no naive run
     rag = rows["rag_c1000"]
     assert (rag["gateway_rps"], rag["naive_rps"], rag["baseline_rps"]) == (2000, 500, 300)
     assert (rag["x_naive"], rag["x_baseline"], rag["naive_x_baseline"]) == (4.0, 6.667, 1.667)
@@ -340,12 +348,13 @@ def test_route_by_route_section_and_naive_ratios() -> None:
     rag_row = "| rag_c1000 | 1000 | 2,000 | 500 | 300 | 4.00 | 6.67 | 1.67 | 400 / 600 | 1,500 / 2,500 | 3,000 / 4,000 "
     assert rag_row in md
     assert "| 0 / 7 / 0 | 99 |" in md
+    assert "| rag_c500 | 64 | 1,500 | 0 | n/a | > 22500.00 | n/a | n/a | 300 / 450 | none completed | n/a |" in md
     assert "| read | naive | 64 | 3,000 |" in md  # the naive port's row in the results table
     # the gateway's read row: x ceiling 0.90, gw / baseline 4.50, gw / naive 3.00
     assert "| 80 | 0.90 | 4.50 | 3.00 | 99 |" in md
 
     readme = report.readme_route_table(data)
-    assert readme.count("\n") == 2 + 3
+    assert readme.count("\n") == 2 + 4
     assert "| rag, downstream +100 ms | 1000 | 2,000 | 500 | 300 | 4.0 | 6.7 | 400 / 600 |" in readme
 
 
