@@ -456,8 +456,9 @@ def _p50_p99(row: dict[str, Any], target: str) -> str:
 
 
 def _x_naive(row: dict[str, Any], spec: str) -> str:
-    value = _num(row["x_naive"], spec)
-    return value if row.get("x_naive_exact", True) else f"> {value}"
+    if row.get("x_naive_exact", True):
+        return _num(row["x_naive"], spec)
+    return f"> {_num(row['x_naive'])}"  # a lower bound: whole numbers say enough
 
 
 def _num(v: float | None, spec: str = ",.0f") -> str:

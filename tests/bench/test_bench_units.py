@@ -348,7 +348,7 @@ def test_route_by_route_section_and_naive_ratios() -> None:
     rag_row = "| rag_c1000 | 1000 | 2,000 | 500 | 300 | 4.00 | 6.67 | 1.67 | 400 / 600 | 1,500 / 2,500 | 3,000 / 4,000 "
     assert rag_row in md
     assert "| 0 / 7 / 0 | 99 |" in md
-    assert "| rag_c500 | 64 | 1,500 | 0 | n/a | > 22500.00 | n/a | n/a | 300 / 450 | none completed | n/a |" in md
+    assert "| rag_c500 | 64 | 1,500 | 0 | n/a | > 22,500 | n/a | n/a | 300 / 450 | none completed | n/a |" in md
     assert "| read | naive | 64 | 3,000 |" in md  # the naive port's row in the results table
     # the gateway's read row: x ceiling 0.90, gw / baseline 4.50, gw / naive 3.00
     assert "| 80 | 0.90 | 4.50 | 3.00 | 99 |" in md
