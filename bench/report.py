@@ -493,7 +493,7 @@ def route_by_route_markdown(data: dict[str, Any]) -> list[str]:
         "way: FastAPI `async def` endpoints, `async with httpx.AsyncClient()` around each downstream call, an "
         "`aiosqlite` connection opened per request, the legacy schema and seeded data, no batching. Each of its "
         "runs comes right after the baseline's, which comes right after the gateway's: the ratios are from "
-        "neighbouring runs of this invocation. \"none completed\": no response within the measured window "
+        'neighbouring runs of this invocation. "none completed": no response within the measured window '
         "(see the errors: wrk's timeouts); gw / naive is then a lower bound (the naive port did fewer than one "
         "request in the window).\n",
         route_by_route_table(rows),
@@ -738,7 +738,8 @@ def bench_chart(data: dict[str, Any], path: Path) -> Path | None:
         ax.legend()
     m = data["machine"]
     fig.suptitle(
-        f"{' vs '.join(t for t, _ in series)} - {m['nproc']} CPUs {m['cpu_model']}, "
+        f"{' vs '.join('naive async port' if t == NAIVE else t for t, _ in series)} - {m['nproc']} CPUs "
+        f"{m['cpu_model']}, "
         f"{data['config']['duration_s']:g} s per run"
     )
     fig.savefig(path, dpi=110)
