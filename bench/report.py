@@ -48,6 +48,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     data["overhead"] = overhead(runs)
     data["transports"] = transports(runs)
     data["scale"] = scale(runs)
+    data["route_by_route"] = route_by_route(runs)
     clients = [r["client"]["cpu_pct"] for r in runs if "client" in r]
     data["client_check"] = {
         "max_wrk_cpu_pct": max(clients) if clients else None,
@@ -114,6 +115,54 @@ def overhead(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "throughput_cost_pct": None if cost is None else round(100 * cost, 1),
                     }
                 )
+    return out
+
+
+def naive_ratio_bound(runs: Iterable[dict[str, Any]], scenario: str) -> tuple[float, bool] | None:
+    """``(gateway req/s / the naive port's req/s, exact)`` in one scenario of this run (default variants).
+
+    When the naive port completed no request in its measured window (all still queued, or past wrk's timeout),
+    the ratio is only bounded from below: it did fewer than one request in the window, so the ratio is above
+    gateway req/s x the window's seconds, and ``exact`` is False. None where either run is missing or the
+    gateway completed nothing. For targets such as "rag@1000 >= 2 x the naive async port"."""
+    runs = list(runs)
+    gw, naive = _find(runs, scenario, GATEWAY), _find(runs, scenario, NAIVE)
+    if not gw or not naive or not gw.get("rps"):
+        return None
+    if naive.get("rps"):
+        return round(gw["rps"] / naive["rps"], 3), True
+    window_s = naive.get("duration_s") or 0.0
+    return (round(gw["rps"] * window_s, 1), False) if window_s else None
+
+
+def naive_ratio(runs: Iterable[dict[str, Any]], scenario: str) -> float | None:
+    """Gateway req/s / the naive port's req/s in one scenario of this run; None where either run is missing or
+    the ratio is only a lower bound (the naive port completed nothing: see ``naive_ratio_bound``)."""
+    found = naive_ratio_bound(runs, scenario)
+    return found[0] if found and found[1] else None
+
+
+def route_by_route(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario with a naive-port run: the three servers' req/s, p50 / p99 and errors, and the ratios."""
+    names = [n for n in MAIN_SCENARIOS if _find(runs, n, NAIVE)]
+    names += [n for n in dict.fromkeys(r["scenario"] for r in runs if r["target"] == NAIVE) if n not in names]
+    out = []
+    for name in names:
+        found = {t: _find(runs, name, t) for t in (GATEWAY, NAIVE, BASELINE)}
+        connections = next(r["connections"] for r in found.values() if r)
+        row: dict[str, Any] = {"scenario": name, "connections": connections}
+        for target, r in found.items():
+            row[f"{target}_rps"] = r["rps"] if r else None
+            row[f"{target}_requests"] = r.get("requests") if r else None
+            row[f"{target}_p50_ms"] = r["latency_ms"]["p50"] if r else None
+            row[f"{target}_p99_ms"] = r["latency_ms"]["p99"] if r else None
+            row[f"{target}_errors"] = r["errors_total"] if r else None
+            row[f"{target}_cpu_pct"] = r["server"]["cpu_pct"] if r else None
+        bound = naive_ratio_bound(runs, name)
+        row["x_naive"], row["x_naive_exact"] = bound if bound else (None, True)  # not exact: a lower bound
+        row["x_baseline"] = _ratio(row["gateway_rps"], row["baseline_rps"])
+        row["naive_x_baseline"] = _ratio(row["naive_rps"], row["baseline_rps"])
+        out.append(row)
     return out
 
 
@@ -232,9 +281,9 @@ def _x(v: float | None) -> str:
 def results_table(runs: list[dict[str, Any]]) -> str:
     head = (
         "| scenario | server | conns | req/s | p50 ms | p95 ms | p99 ms | max ms | errors | loop lag p99 ms "
-        "| loop lag max ms | peak RSS MB | x ceiling | gw / baseline | server CPU % | server waited for CPU % "
-        "| wrk CPU % | wrk waited for CPU % |\n"
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| loop lag max ms | peak RSS MB | x ceiling | gw / baseline | gw / naive | server CPU % "
+        "| server waited for CPU % | wrk CPU % | wrk waited for CPU % |\n"
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
     )
     rows = []
     for r in runs:
@@ -247,6 +296,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             f"| {r['scenario']} | {server} | {r['connections']} | {r['rps']:,.0f} | {_ms(lat['p50'])} | "
             f"{_ms(lat['p95'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} | {r['errors_total']} | {p99} | {mx} | "
             f"{r['server']['peak_rss_mb']:.0f} | {_x(r.get('x_ceiling'))} | {_x(r.get('x_baseline'))} | "
+            f"{_x(r.get('x_naive'))} | "
             f"{r['server']['cpu_pct']:.0f} | {_pct(r['server'].get('runqueue_wait_pct'))} | "
             f"{r['client']['cpu_pct']:.0f} | {_pct(r['client'].get('runqueue_wait_pct'))} |"
         )
@@ -391,6 +441,88 @@ def scale_markdown(data: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _p50_p99(row: dict[str, Any], target: str) -> str:
+    p50, p99 = row[f"{target}_p50_ms"], row[f"{target}_p99_ms"]
+    if row.get(f"{target}_requests") == 0:
+        return "none completed"
+    return "n/a" if p50 is None else f"{_ms(p50)} / {_ms(p99)}"
+
+
+def _x_naive(row: dict[str, Any], spec: str) -> str:
+    if row.get("x_naive_exact", True):
+        return _num(row["x_naive"], spec)
+    return f"> {_num(row['x_naive'])}"  # a lower bound: whole numbers say enough
+
+
+def _num(v: float | None, spec: str = ",.0f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def route_by_route_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | conns | gateway req/s | naive req/s | baseline req/s | gw / naive | gw / baseline "
+        "| naive / baseline | gateway p50 / p99 ms | naive p50 / p99 ms | baseline p50 / p99 ms "
+        "| errors gw / naive / baseline | naive CPU % |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = [
+        f"| {t['scenario']} | {t['connections']} | {_num(t['gateway_rps'])} | {_num(t['naive_rps'])} | "
+        f"{_num(t['baseline_rps'])} | {_x_naive(t, '.2f')} | {_num(t['x_baseline'], '.2f')} | "
+        f"{_num(t['naive_x_baseline'], '.2f')} | {_p50_p99(t, GATEWAY)} | {_p50_p99(t, NAIVE)} | "
+        f"{_p50_p99(t, BASELINE)} | {_num(t['gateway_errors'], 'd')} / {_num(t['naive_errors'], 'd')} / "
+        f"{_num(t['baseline_errors'], 'd')} | {_num(t['naive_cpu_pct'])} |"
+        for t in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def route_by_route_markdown(data: dict[str, Any]) -> list[str]:
+    rows = data.get("route_by_route") or []
+    if not rows:
+        return []
+    return [
+        "## Gateway vs the naive async port, route by route\n",
+        "The naive async port (`bench/naive/`, see its README) is the legacy design moved to async the obvious "
+        "way: FastAPI `async def` endpoints, `async with httpx.AsyncClient()` around each downstream call, an "
+        "`aiosqlite` connection opened per request, the legacy schema and seeded data, no batching. Each of its "
+        "runs comes right after the baseline's, which comes right after the gateway's: the ratios are from "
+        'neighbouring runs of this invocation. "none completed": no response within the measured window '
+        "(see the errors: wrk's timeouts); gw / naive is then a lower bound (the naive port did fewer than one "
+        "request in the window).\n",
+        route_by_route_table(rows),
+    ]
+
+
+# README labels of the main scenarios (the README's table is `readme_route_table`'s output)
+README_LABELS = {
+    "ceiling": "ceiling `GET /health`",
+    "read": "read `GET /sessions/{id}`",
+    "write": "write create + event",
+    "list": "list `?status=ACTIVE&limit=100` (100k rows)",
+    "rag_c100": "rag, downstream +100 ms",
+    "rag_c500": "rag, downstream +100 ms",
+    "rag_c1000": "rag, downstream +100 ms",
+    "mixed": "mixed blend",
+}
+
+
+def readme_route_table(data: dict[str, Any]) -> str:
+    """The README's route-by-route table (``python -m bench.report readme-naive [bench.json]`` prints it)."""
+    head = (
+        "| scenario | conns | gateway req/s | naive async port req/s | baseline req/s | gateway / naive "
+        "| gateway / baseline | p50 / p99 ms: gateway | naive | baseline | errors gw / naive / baseline |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = [
+        f"| {README_LABELS.get(t['scenario'], t['scenario'])} | {t['connections']} | {_num(t['gateway_rps'])} | "
+        f"{_num(t['naive_rps'])} | {_num(t['baseline_rps'])} | {_x_naive(t, '.1f')} | "
+        f"{_num(t['x_baseline'], '.1f')} | {_p50_p99(t, GATEWAY)} | {_p50_p99(t, NAIVE)} | {_p50_p99(t, BASELINE)} | "
+        f"{_num(t['gateway_errors'], 'd')} / {_num(t['naive_errors'], 'd')} / {_num(t['baseline_errors'], 'd')} |"
+        for t in data.get("route_by_route") or []
+    ]
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
 def _code(info: dict[str, Any] | None) -> str:
     if not info:
         return "unknown"
@@ -418,7 +550,8 @@ def bench_markdown(data: dict[str, Any]) -> str:
         f"loop lag probe every {cfg['loop_lag_interval_s'] * 1000:g} ms",
         "- errors = socket errors + timeouts + non-2xx answers; loop lag from the gateway's /metrics over the "
         "measured window (p99 as a histogram bucket bound; max exact unless shown as <=)",
-        "- x ceiling = req/s / the gateway's GET /health req/s; gw / baseline = gateway req/s / baseline req/s",
+        "- x ceiling = req/s / the gateway's GET /health req/s; gw / baseline = gateway req/s / baseline req/s; "
+        "gw / naive = gateway req/s / the naive async port's req/s",
         "- CPU % = share of one core over the measured window (all threads); waited for CPU % = time runnable but "
         "not running (/proc/<pid>/task/*/schedstat): high values mean other processes on a shared machine "
         "took the CPU, so the numbers understate what the code can do",
@@ -427,6 +560,7 @@ def bench_markdown(data: dict[str, Any]) -> str:
     table = results_table(data["runs"])
     if table:  # a run of the scale group alone has no rows here
         parts += ["## Results\n", table]
+    parts += route_by_route_markdown(data)
     if data.get("scale", {}).get("rows") or (data.get("scale_info") or {}).get("postgres", {}).get("skipped"):
         parts += scale_markdown(data)
     if data.get("transports"):
@@ -570,23 +704,30 @@ def _pyplot() -> Any:
 
 def bench_chart(data: dict[str, Any], path: Path) -> Path | None:
     runs = data["runs"]
-    names = [n for n in MAIN_SCENARIOS if _find(runs, n, GATEWAY) or _find(runs, n, BASELINE)]
+    names = [n for n in MAIN_SCENARIOS if any(_find(runs, n, t) for t in (GATEWAY, NAIVE, BASELINE))]
     if not names:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(11, 8), constrained_layout=True)
-    width = 0.38
+    series = [
+        (target, color)
+        for target, color in ((GATEWAY, "#2b6cb0"), (NAIVE, "#2f855a"), (BASELINE, "#c05621"))
+        if any(_find(runs, n, target) for n in names)
+    ]
+    width = 0.8 / len(series)
     xs = list(range(len(names)))
     for ax, metric, title in (
         (axes[0], "rps", "throughput (req/s, log scale; higher is better)"),
         (axes[1], "p99", "p99 latency (ms, log scale; lower is better)"),
     ):
-        for offset, target, color in ((-width / 2, GATEWAY, "#2b6cb0"), (width / 2, BASELINE, "#c05621")):
+        for i, (target, color) in enumerate(series):
+            offset = (i - (len(series) - 1) / 2) * width
             values = []
             for n in names:
                 r = _find(runs, n, target)
                 values.append(0 if r is None else (r["rps"] if metric == "rps" else r["latency_ms"]["p99"]))
-            bars = ax.bar([x + offset for x in xs], values, width, label=target, color=color)
+            legend = "naive async port" if target == NAIVE else target
+            bars = ax.bar([x + offset for x in xs], values, width, label=legend, color=color)
             for bar, value in zip(bars, values, strict=True):
                 if value:
                     label = f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
@@ -598,7 +739,9 @@ def bench_chart(data: dict[str, Any], path: Path) -> Path | None:
         ax.legend()
     m = data["machine"]
     fig.suptitle(
-        f"gateway vs baseline - {m['nproc']} CPUs {m['cpu_model']}, {data['config']['duration_s']:g} s per run"
+        f"{' vs '.join('naive async port' if t == NAIVE else t for t, _ in series)} - {m['nproc']} CPUs "
+        f"{m['cpu_model']}, "
+        f"{data['config']['duration_s']:g} s per run"
     )
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -650,3 +793,23 @@ def soak_chart(data: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report readme-naive [bench.json]``: print the README's route-by-route table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("what", choices=("readme-naive",))
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).parent / "results" / "bench.json")
+    args = parser.parse_args(argv)
+    data = json.loads(args.results.read_text())
+    if "route_by_route" not in data:  # results written before the naive port was a target
+        data["route_by_route"] = route_by_route(data["runs"])
+    table = readme_route_table(data)
+    print(table or "no naive-port runs in " + str(args.results))
+    return 0 if table else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""``python -m bench.run``: the gateway and the legacy baseline under the same load, same machine, same run.
+"""``python -m bench.run``: the gateway, the legacy baseline and its naive async port under the same load, same
+machine, same run.
 
 Per run (one scenario, one server, one configuration): a fresh copy of the seeded database, a fresh server
 process pinned to its own CPU, set-up through the API, a warm-up, then a measured ``wrk`` run of fixed
@@ -36,10 +37,12 @@ from typing import Any
 
 from bench import postgres, report, scenarios, seed, servers
 from bench.postgres import BenchPostgres
-from bench.scenarios import BASELINE, GATEWAY, POSTGRES, Run, Scale, Setup
+from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, Run, Scale, Setup
 from bench.wrk import run_wrk
 
 DEFAULT_OUT = servers.REPO_ROOT / "bench" / "results"
+# the peers' server modules (same flags: --host --port --db --log-level --access-log)
+PEER_MODULES = {BASELINE: "bench.baseline", NAIVE: "bench.naive"}
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
 # Settings the runner controls: inherited values would make runs irreproducible.
 GATEWAY_ENV_PREFIXES = (
@@ -92,6 +95,7 @@ class Options:
     command: str
     pg_synchronous_commit: str = "off"
     scale_scenarios: tuple[str, ...] = scenarios.SCALE_SCENARIOS
+    naive: bool = True  # with baseline: the naive async port too (--no-naive leaves it out)
 
 
 def say(msg: str) -> None:
@@ -175,12 +179,15 @@ class Bench:
             self.seeds[GATEWAY] = seed.seed_gateway(path, n, code=self.code)
             self.pristine[GATEWAY] = path
             say(f"    done in {self.seeds[GATEWAY]['seconds']} s ({self.seeds[GATEWAY]['bytes'] / 2**20:.0f} MB)")
-        if BASELINE in targets:
+        if BASELINE in targets or NAIVE in targets:
             path = self.work / "baseline-seed.db"
             say(f"  seeding the baseline (legacy) database: {n:,} sessions ...")
             self.seeds[BASELINE] = seed.seed_baseline(path, n)
             self.pristine[BASELINE] = path
             say(f"    done in {self.seeds[BASELINE]['seconds']} s ({self.seeds[BASELINE]['bytes'] / 2**20:.0f} MB)")
+        if NAIVE in targets:  # the same legacy file: each naive run gets a fresh copy of it, as the baseline does
+            self.pristine[NAIVE] = self.pristine[BASELINE]
+            self.seeds[NAIVE] = {"same_as": BASELINE}
 
     def drop_postgres_runs(self, runs: list[Run]) -> list[Run]:
         """Where PostgreSQL cannot run here, say so once and leave its runs out (the report names the reason)."""
@@ -233,12 +240,12 @@ class Bench:
             )
             cmd = [sys.executable, "-m", "service", "serve"]
             ready = url + "/health/ready"
-        else:
+        else:  # a peer (baseline or naive port): same downstream, same flags, a copy of the same legacy file
             env = clean_env(RAG_SERVICE_URL=self.devstack_url, AUTH_SERVICE_URL=self.devstack_url, **env_extra)
             cmd = [
                 sys.executable,
                 "-m",
-                "bench.baseline",
+                PEER_MODULES[target],
                 "--host",
                 servers.LOCALHOST,
                 "--port",
@@ -519,7 +526,9 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def run_bench(opts: Options) -> dict[str, Any]:
-    runs = scenarios.plan_runs(opts.groups, baseline=opts.baseline, scale_scenarios=opts.scale_scenarios)
+    runs = scenarios.plan_runs(
+        opts.groups, baseline=opts.baseline, naive=opts.naive, scale_scenarios=opts.scale_scenarios
+    )
     if not runs:
         raise SystemExit("nothing to run")
     bench = Bench(opts)
@@ -614,7 +623,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--warmup", type=float, help="warm-up seconds per run (default 3; quick 1)")
     parser.add_argument("--sessions", type=int, help="sessions seeded for the list scenario (default 100000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/results)")
-    parser.add_argument("--no-baseline", action="store_true", help="measure the gateway only")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="measure the gateway only (no baseline, no naive async port)"
+    )
+    parser.add_argument(
+        "--no-naive", action="store_true", help="leave the naive async port (bench/naive) out; the baseline stays"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="wrk per-request timeout, s (default 10)")
     parser.add_argument(
         "--lag-interval",
@@ -673,6 +687,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         scale=Scale.quick() if quick else Scale(),
         out=args.out.resolve(),
         baseline=not args.no_baseline,
+        naive=not args.no_naive,
         timeout_s=args.timeout,
         lag_interval_s=args.lag_interval,
         keep_workdir=args.keep_workdir,

@@ -1,9 +1,10 @@
 """What each scenario sends, and the set-up it needs (done through the server's own API before measuring).
 
 A scenario builds a *plan*: a list of requests that ``bench/lua/plan.lua`` replays round-robin. The same
-plan builder runs against the gateway and the baseline (same paths, bodies and tokens), each on a fresh copy
-of its seeded database. Tokens are the reference downstream's generated ``dev:<role>:<user>`` tokens, one set
-per scenario; the auth cache is warm after set-up and warm-up, so measured requests use cached tokens.
+plan builder runs against the gateway, the baseline and the naive async port (same paths, bodies and tokens),
+each on a fresh copy of its seeded database (the naive port's is the baseline's). Tokens are the reference
+downstream's generated ``dev:<role>:<user>`` tokens, one set per scenario; the auth cache is warm after set-up
+and warm-up, so measured requests use cached tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 
 GATEWAY = "gateway"
 BASELINE = "baseline"
+# the naive async port of the legacy design (bench/naive/): measured wherever the baseline is, right after it
 NAIVE = "naive"
 
 # Scenario groups selectable with --scenarios (rag expands to the three concurrencies).
@@ -291,7 +293,7 @@ class Scenario:
 @dataclass(frozen=True)
 class Run:
     scenario: Scenario
-    target: str  # GATEWAY or BASELINE
+    target: str  # GATEWAY, BASELINE or NAIVE
     variant: str = "default"
     env: tuple[tuple[str, str], ...] = ()
     group: str = ""
@@ -361,10 +363,15 @@ OVERHEAD_SPLIT = [
 
 
 def plan_runs(
-    groups: Sequence[str], *, baseline: bool = True, scale_scenarios: Sequence[str] = SCALE_SCENARIOS
+    groups: Sequence[str],
+    *,
+    baseline: bool = True,
+    naive: bool = True,
+    scale_scenarios: Sequence[str] = SCALE_SCENARIOS,
 ) -> list[Run]:
     """The ordered, de-duplicated list of runs for the selected groups (``scale_scenarios``: the scenarios of the
-    ``scale`` group)."""
+    ``scale`` group). ``baseline``: the peers (the baseline, and the naive port unless ``naive`` is false) run
+    right after the gateway's run of each scenario they serve, so their ratios come from neighbouring runs."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown scenario group(s) {sorted(unknown)}; choose from {', '.join(GROUPS)}")
@@ -372,6 +379,7 @@ def plan_runs(
     if unknown or not scale_scenarios:
         raise ValueError(f"unknown scale scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     runs: list[Run] = []
+    peer_targets = [t for t, on in ((BASELINE, baseline), (NAIVE, baseline and naive)) if on]
 
     def add(
         scenario: str,
@@ -388,6 +396,10 @@ def plan_runs(
         if all(r.key != run.key for r in runs):
             runs.append(run)
 
+    def add_peers(scenario: str, group: str) -> None:
+        for target in peer_targets:
+            add(scenario, target, group)
+
     for name in ("ceiling", "read"):
         if name in groups:
             add(name, GATEWAY, name)
@@ -397,26 +409,23 @@ def plan_runs(
             if name == "ceiling":
                 for variant, env in OVERHEAD_SPLIT:
                     add(name, GATEWAY, "overhead", variant, env)
-        if name in groups and baseline:
-            add(name, BASELINE, name)
+        if name in groups:
+            add_peers(name, name)
     for name in ("write", "list"):
         if name in groups:
             add(name, GATEWAY, name)
-            if baseline:
-                add(name, BASELINE, name)
+            add_peers(name, name)
     for c in RAG_CONNECTIONS:
         name = f"rag_c{c}"
         if "rag" in groups:
             add(name, GATEWAY, "rag")
-            if baseline:
-                add(name, BASELINE, "rag")
+            add_peers(name, "rag")
         if "transport" in groups and c in TRANSPORT_CONNECTIONS:
             for variant, env in TRANSPORT_VARIANTS:
                 add(name, GATEWAY, "transport", variant, env)
     if "mixed" in groups:
         add("mixed", GATEWAY, "mixed")
-        if baseline:
-            add("mixed", BASELINE, "mixed")
+        add_peers("mixed", "mixed")
     if "lag" in groups:
         for name in LAG_SCENARIOS:
             add(name, GATEWAY, "lag")  # the saturated run it is paced from (already there unless deselected)

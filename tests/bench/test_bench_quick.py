@@ -67,9 +67,9 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "--out",
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=150, check=False)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=220, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"\[\s*1/4\]", proc.stdout) and re.search(r"\[\s*4/4\]", proc.stdout)  # progress shown
+    assert re.search(r"\[\s*1/6\]", proc.stdout) and re.search(r"\[\s*6/6\]", proc.stdout)  # progress shown
 
     data = json.loads((out / "bench.json").read_text())
     assert data["kind"] == "bench"
@@ -81,6 +81,8 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         ("ceiling", "baseline", "default"),
         ("read", "gateway", "default"),
         ("read", "baseline", "default"),
+        ("ceiling", "naive", "default"),
+        ("read", "naive", "default"),
     }
     for key, r in runs.items():
         assert r["requests"] > 0 and r["rps"] > 0, key
@@ -97,6 +99,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         if r["target"] == "gateway":
             assert r["lag"]["samples"] > 0 and r["lag"]["max_since_start_s"] >= 0, key
             assert r["x_baseline"] is not None and r["x_baseline"] > 0, key
+            assert r["x_naive"] is not None and r["x_naive"] > 0, key
         else:
             assert r["lag"] is None
     assert runs[("ceiling", "gateway", "default")]["x_ceiling"] == 1.0
@@ -112,6 +115,9 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     md = (out / "bench.md").read_text()
     assert "| ceiling | gateway |" in md and "| read | baseline |" in md and "## Targets" in md
     assert "## Tails under saturation" in md
+    assert "| read | naive |" in md and "## Gateway vs the naive async port, route by route" in md
+    assert [t["scenario"] for t in data["route_by_route"]] == ["ceiling", "read"]
+    assert data["config"]["seeds"]["naive"] == {"same_as": "baseline"}
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "raw").glob("*/*.plan.tsv"))
     # every child (servers, downstream, wrk) is gone

@@ -3,6 +3,7 @@ report, CPU plans for several workers, process-tree sampling."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -253,3 +254,114 @@ def test_sampler_follows_a_process_tree() -> None:
     finally:
         parent.wait(timeout=30)
     assert servers.process_tree(parent.pid) == []
+
+
+def test_plan_runs_measure_the_naive_port_right_after_the_baseline() -> None:
+    groups = ["ceiling", "read", "write", "list", "rag", "mixed", "overhead", "transport", "lag", "scale"]
+    runs = scenarios.plan_runs(groups)
+    keys = [r.key for r in runs]
+    baseline = [r for r in runs if r.target == scenarios.BASELINE]
+    naive = [r for r in runs if r.target == scenarios.NAIVE]
+    assert [r.scenario.name for r in naive] == [r.scenario.name for r in baseline]
+    assert {r.scenario.name for r in naive} == set(report.MAIN_SCENARIOS)  # every scenario the baseline serves
+    for r in naive:
+        assert keys.index(r.key) == keys.index((r.scenario.name, scenarios.BASELINE, "default")) + 1
+        assert r.group == r.scenario.group and r.variant == "default" and r.engine == "sqlite" and r.workers == 1
+    # --no-naive: the baseline only; --no-baseline: neither peer
+    assert not any(r.target == scenarios.NAIVE for r in scenarios.plan_runs(groups, naive=False))
+    assert len([r for r in scenarios.plan_runs(groups, naive=False) if r.target == scenarios.BASELINE]) == len(baseline)
+    assert {r.target for r in scenarios.plan_runs(groups, baseline=False)} == {scenarios.GATEWAY}
+    assert {r.target for r in scenarios.plan_runs(["rag", "scale"])} >= {"gateway", "baseline", "naive"}
+
+
+def test_runner_options_for_the_naive_port() -> None:
+    from bench import run
+
+    assert run.parse_args(["--quick"]).naive is True
+    assert run.parse_args(["--quick", "--no-naive"]).naive is False
+    assert run.parse_args(["--no-baseline"]).baseline is False
+    assert run.PEER_MODULES[scenarios.NAIVE] == "bench.naive"
+
+
+def _peer_run(scenario: str, target: str, rps: float, p50: float, p99: float, errors: int = 0) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "target": target,
+        "variant": "default",
+        "group": scenario.split("_")[0],
+        "connections": 1000 if scenario == "rag_c1000" else 64,
+        "env": {},
+        "rps": rps,
+        "requests": int(rps * 15),
+        "duration_s": 15.0,
+        "latency_ms": {"p50": p50, "p95": p99, "p99": p99, "max": p99 * 2},
+        "errors_total": errors,
+        "lag": {"p99_le_s": 0.002, "max_s": 0.01} if target == "gateway" else None,
+        "server": {"peak_rss_mb": 80.0, "cpu_pct": 99.0},
+        "client": {"cpu_pct": 20.0, "runqueue_wait_pct": 0.0},
+    }
+
+
+def test_route_by_route_section_and_naive_ratios() -> None:
+    runs = [
+        _peer_run("ceiling", "gateway", 10000, 3.0, 5.0),
+        _peer_run("ceiling", "baseline", 5000, 6.0, 12.0),
+        _peer_run("ceiling", "naive", 8000, 4.0, 8.0),
+        _peer_run("read", "gateway", 9000, 4.0, 6.0),
+        _peer_run("read", "baseline", 2000, 20.0, 60.0),
+        _peer_run("read", "naive", 3000, 15.0, 40.0),
+        _peer_run("rag_c1000", "gateway", 2000, 400.0, 600.0),
+        _peer_run("rag_c1000", "baseline", 300, 3000.0, 4000.0),
+        _peer_run("rag_c1000", "naive", 500, 1500.0, 2500.0, errors=7),
+        _peer_run("write", "gateway", 3000, 10.0, 20.0),  # no peers measured for write
+        _peer_run("rag_c500", "gateway", 1500, 300.0, 450.0),
+        _peer_run("rag_c500", "naive", 0, 0.0, 0.0, errors=500),  # nothing completed: every request timed out
+    ]
+    data = report.summarize({"runs": runs})
+    assert report.naive_ratio(data["runs"], "rag_c1000") == 4.0
+    assert report.naive_ratio(data["runs"], "write") is None
+    assert report.naive_ratio_bound(data["runs"], "rag_c1000") == (4.0, True)
+    # the naive port completed no request in its 15 s window: fewer than 1 / 15 req/s, so gw / naive > 1500 x 15
+    assert report.naive_ratio_bound(data["runs"], "rag_c500") == (22500.0, False)
+    assert report.naive_ratio(data["runs"], "rag_c500") is None
+    by_key = {(r["scenario"], r["target"]): r for r in data["runs"]}
+    assert by_key[("read", "gateway")]["x_naive"] == 3.0 and by_key[("read", "gateway")]["x_baseline"] == 4.5
+    assert by_key[("read", "naive")]["x_naive"] is None and by_key[("write", "gateway")]["x_naive"] is None
+
+    rows = {t["scenario"]: t for t in data["route_by_route"]}
+    assert list(rows) == ["ceiling", "read", "rag_c500", "rag_c1000"]  # the bench's order; write: no naive run
+    rag = rows["rag_c1000"]
+    assert (rag["gateway_rps"], rag["naive_rps"], rag["baseline_rps"]) == (2000, 500, 300)
+    assert (rag["x_naive"], rag["x_baseline"], rag["naive_x_baseline"]) == (4.0, 6.667, 1.667)
+    assert (rag["naive_p50_ms"], rag["naive_p99_ms"], rag["naive_errors"]) == (1500.0, 2500.0, 7)
+
+    data |= {
+        "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 1, "kernel": "k", "python": "3", "wrk": "w"},
+        "pinning": {"description": "d"},
+        "command": "c",
+        "created": "t",
+        "elapsed_s": 1.0,
+        "config": {"sessions_seeded": 1, "warmup_s": 1, "duration_s": 1, "wrk_timeout_s": 1, "loop_lag_interval_s": 1},
+    }
+    md = report.bench_markdown(data)
+    assert "## Gateway vs the naive async port, route by route" in md
+    assert md.index("## Results") < md.index("## Gateway vs the naive async port")
+    rag_row = "| rag_c1000 | 1000 | 2,000 | 500 | 300 | 4.00 | 6.67 | 1.67 | 400 / 600 | 1,500 / 2,500 | 3,000 / 4,000 "
+    assert rag_row in md
+    assert "| 0 / 7 / 0 | 99 |" in md
+    assert "| rag_c500 | 64 | 1,500 | 0 | n/a | > 22,500 | n/a | n/a | 300 / 450 | none completed | n/a |" in md
+    assert "| read | naive | 64 | 3,000 |" in md  # the naive port's row in the results table
+    # the gateway's read row: x ceiling 0.90, gw / baseline 4.50, gw / naive 3.00
+    assert "| 80 | 0.90 | 4.50 | 3.00 | 99 |" in md
+
+    readme = report.readme_route_table(data)
+    assert readme.count("\n") == 2 + 4
+    assert "| rag, downstream +100 ms | 1000 | 2,000 | 500 | 300 | 4.0 | 6.7 | 400 / 600 |" in readme
+
+
+def test_no_route_by_route_section_without_naive_runs(tmp_path: Path) -> None:
+    data = report.summarize({"runs": [_peer_run("read", "gateway", 9000, 4.0, 6.0)]})
+    assert data["route_by_route"] == [] and report.route_by_route_markdown(data) == []
+    results = tmp_path / "bench.json"
+    results.write_text(json.dumps(data))
+    assert report.main(["readme-naive", str(results)]) == 1  # says there is nothing to print
