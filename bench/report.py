@@ -236,7 +236,7 @@ def transports(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "connections": r["connections"],
                     "variant": r["variant"] if r["variant"] != "default" else "default: aiohttp conn=200",
-                    "transport": env.get("HTTP_TRANSPORT", "aiohttp"),
+                    "transport": env.get("HTTP_TRANSPORT", "native"),
                     "max_connections": int(env.get("HTTP_MAX_CONNECTIONS", 200)),
                     "max_keepalive": int(env.get("HTTP_MAX_KEEPALIVE", 100)),
                     "rps": r["rps"],

@@ -105,7 +105,7 @@ Text = Annotated[str, Field(min_length=1, max_length=4096)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_lower)]
-Transport = Annotated[Literal["aiohttp", "httpx"], BeforeValidator(_lower)]  # service.downstream.client
+Transport = Annotated[Literal["native", "aiohttp", "httpx"], BeforeValidator(_lower)]  # service.downstream.client
 Workers = Annotated[int, Field(ge=1, le=64), BeforeValidator(_workers)]  # 64: service.cpus.MAX_WORKERS
 Synchronous = Annotated[Literal["NORMAL", "FULL", "EXTRA"], BeforeValidator(_upper)]
 _GIB = 1 << 30
@@ -166,7 +166,7 @@ class DownstreamSettings(_Group):
     question_service_url: Url = "http://127.0.0.1:8100"
     auth_cache_ttl_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
     auth_cache_max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10000
-    http_transport: Transport = "aiohttp"
+    http_transport: Transport = "native"
     http_max_connections: Annotated[int, Field(ge=1, le=100_000)] = 200
     http_max_keepalive: Annotated[int, Field(ge=0, le=100_000)] = 100
     http_connect_timeout_s: Seconds = 3.0

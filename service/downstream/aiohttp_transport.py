@@ -10,6 +10,7 @@ exceptions they correspond to, with aiohttp's exception as ``__cause__`` (``clie
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator, Mapping
 
 import aiohttp
@@ -43,9 +44,11 @@ def mapped_errors(request: httpx.Request) -> Iterator[None]:
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """``session`` is built lazily, on the running loop (aiohttp binds a session to the loop it was made on)."""
+    """``session`` is built lazily, on the running loop (aiohttp binds a session to the loop it was made on); the
+    TLS context is given, so a bad CA bundle fails when the client is built, at start-up."""
 
-    def __init__(self, *, max_connections: int, keepalive_s: float) -> None:
+    def __init__(self, *, max_connections: int, keepalive_s: float, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context  # built by the caller, off the loop (it reads the CA certificates)
         self._max_connections = max_connections
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
@@ -55,7 +58,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_s
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_s, ssl=self._ssl
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

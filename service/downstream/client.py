@@ -5,8 +5,9 @@ Policy, per call: a bounded wait for a per-service concurrency slot (overload be
 retries with backoff and jitter only where safe (connection never made, or an idempotent method), the request
 id passed through, and every failure mapped to 502 (bad answer), 503 (unreachable/overloaded) or 504 (timeout).
 
-The transport under the client is a setting: ``aiohttp`` (httpx-aiohttp; the default, chosen by the numbers in
-the README's benchmark section: httpcore's pool scans every pooled connection per request) or ``httpx``.
+The transport under the client is a setting (``HTTP_TRANSPORT``), chosen by the numbers in the README's benchmark
+section: ``native`` (the default: ``http11.py``, the least CPU per call), ``aiohttp`` (``aiohttp_transport.py``)
+or ``httpx`` (httpcore, whose pool scans every pooled connection per request).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 from service import jsoncodec
 from service.context import request_id_var
 from service.downstream.aiohttp_transport import AiohttpTransport
+from service.downstream.http11 import Http11Transport
 from service.errors import ApiError, BadGateway, GatewayTimeout, ServiceUnavailable
 from service.settings import Settings
 
@@ -89,9 +91,21 @@ def build_transport(settings: Settings) -> httpx.AsyncBaseTransport:
             keepalive_expiry=settings.http_keepalive_expiry_s,
         )
         return httpx.AsyncHTTPTransport(limits=limits)
-    # the only other value Settings accepts (HTTP_TRANSPORT is a Literal there); aiohttp keeps every idle
-    # connection up to its limit, so HTTP_MAX_KEEPALIVE does not apply to it
-    return AiohttpTransport(max_connections=settings.http_max_connections, keepalive_s=settings.http_keepalive_expiry_s)
+    if settings.http_transport == "aiohttp":
+        # aiohttp keeps every idle connection up to its limit, so HTTP_MAX_KEEPALIVE does not apply to it
+        return AiohttpTransport(
+            max_connections=settings.http_max_connections,
+            keepalive_s=settings.http_keepalive_expiry_s,
+            ssl_context=httpx.create_ssl_context(),  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR as httpx
+        )
+    # "native", the only other value Settings accepts (HTTP_TRANSPORT is a Literal there); built off the loop
+    # (``service.app``), so the TLS context's CA certificates are read here, once
+    return Http11Transport(
+        max_connections=settings.http_max_connections,
+        max_keepalive=settings.http_max_keepalive,
+        keepalive_s=settings.http_keepalive_expiry_s,
+        ssl_context=httpx.create_ssl_context(),  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR as httpx
+    )
 
 
 class Downstream:
@@ -120,7 +134,7 @@ class Downstream:
         self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout, follow_redirects=False)
         self._extensions = {"timeout": self.timeout.as_dict()}
         self._urls: dict[str, httpx.URL] = {}
-        self._fetch = self.transport.fetch if isinstance(self.transport, AiohttpTransport) else None
+        self._fetch = self.transport.fetch if isinstance(self.transport, AiohttpTransport | Http11Transport) else None
         self._slots = {s: asyncio.Semaphore(settings.downstream_max_concurrency) for s in SERVICES}
         self._observer = observer
         self.in_flight: dict[Service, int] = dict.fromkeys(SERVICES, 0)
@@ -261,6 +275,8 @@ class Downstream:
 
     def pool_stats(self) -> dict[str, int]:
         """Connections currently checked out of the pool (0 when idle: nothing leaked)."""
+        if isinstance(self.transport, Http11Transport):
+            return {"in_use": self.transport.in_use()}
         inner = getattr(self.transport, "_session", None)
         if isinstance(inner, aiohttp.ClientSession):
             connector = inner.connector

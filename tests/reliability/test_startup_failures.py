@@ -66,7 +66,7 @@ def gw(tmp_path: Path) -> Iterator[GatewayProcess]:
     [
         ("PORT", "-1", "configuration error: PORT=-1 is invalid: must be an integer >= 1 and <= 65535"),
         ("LOG_JSON", "ture", "configuration error: LOG_JSON=ture is invalid: allowed values are true, false"),
-        ("HTTP_TRANSPORT", "foo", "configuration error: HTTP_TRANSPORT=foo is invalid: allowed values are aiohttp"),
+        ("HTTP_TRANSPORT", "foo", "configuration error: HTTP_TRANSPORT=foo is invalid: allowed values are native"),
         ("DB_READ_CONNECTIONS", "-3", "configuration error: DB_READ_CONNECTIONS=-3 is invalid: must be an integer"),
     ],
 )
@@ -125,7 +125,7 @@ async def test_a_schema_newer_than_this_build_exits_3(gw: GatewayProcess) -> Non
     print(f"newer schema: exit {code} in {took:.2f} s")
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["native", "aiohttp", "httpx"])
 async def test_a_client_that_cannot_be_built_after_the_database_opened_exits_3(
     gw: GatewayProcess, tmp_path: Path, transport: str
 ) -> None:

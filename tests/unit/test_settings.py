@@ -55,7 +55,7 @@ BAD = [
     ("PORT", "0", "must be an integer >= 1 and <= 65535"),
     ("PORT", "65536", "must be an integer >= 1 and <= 65535"),
     ("PORT", "eighty", "must be an integer"),
-    ("HTTP_TRANSPORT", "foo", "allowed values are aiohttp, httpx"),
+    ("HTTP_TRANSPORT", "foo", "allowed values are native, aiohttp, httpx"),
     ("LOG_LEVEL", "verbose", "allowed values are debug, info, warning, error, critical"),
     ("LOG_JSON", "ture", "allowed values are true, false, 1, 0, yes, no, on, off"),
     ("ACCESS_LOG", "t", "allowed values are true, false"),
@@ -104,7 +104,9 @@ def test_bad_values_are_refused_in_one_line_naming_variable_value_and_what_is_al
 def test_the_message_reads_as_documented() -> None:
     with pytest.raises(SettingsError, match=r"^PORT=-1 is invalid: must be an integer >= 1 and <= 65535$"):
         load_settings({"PORT": "-1"})
-    with pytest.raises(SettingsError, match=r"^HTTP_TRANSPORT=foo is invalid: allowed values are aiohttp, httpx$"):
+    with pytest.raises(
+        SettingsError, match=r"^HTTP_TRANSPORT=foo is invalid: allowed values are native, aiohttp, httpx$"
+    ):
         load_settings({"HTTP_TRANSPORT": "foo"})
     with pytest.raises(SettingsError, match=r"^LOG_LEVEL='very verbose' is invalid"):  # quoted when not plain
         load_settings({"LOG_LEVEL": "very verbose"})
