@@ -120,6 +120,7 @@ def serve(settings: Settings, worker: WorkerArgs | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.listener import Listener
     from service.logging_setup import configure
 
     configure(settings.log_level, as_json=settings.log_json, access_log=settings.access_log)
@@ -146,6 +147,33 @@ def serve(settings: Settings, worker: WorkerArgs | None = None) -> int:
                 # has been served yet, and every database change is one transaction.
                 _exit_now(128 + sig, f"start-up interrupted by {signal.Signals(sig).name}")
             super().handle_exit(sig, frame)  # the graceful drain
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            """uvicorn's own start-up (the lifespan, then listening: ``uvicorn.Server.startup``), listening with
+            ``service.listener.Listener``, which accepts connections in batches instead of one per loop turn.
+            tests/reliability/test_listener.py fails loudly if an uvicorn upgrade moves what this relies on."""
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                sys.exit(EXIT_STARTUP)
+            config = self.config
+            owns = sockets is None
+            if sockets is None:
+                try:
+                    sockets = [config.bind_socket()]  # logs where it listens, or why it cannot, like uvicorn
+                except SystemExit:
+                    await self.lifespan.shutdown()  # close the database: its threads would keep us alive
+                    raise
+
+            def create_protocol() -> asyncio.Protocol:
+                protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+                return protocol
+
+            loop = asyncio.get_running_loop()
+            listeners = [Listener(loop, s, create_protocol, backlog=config.backlog, owns_socket=owns) for s in sockets]
+            self.servers = listeners  # type: ignore[assignment]  # what uvicorn calls: close(), wait_closed()
+            self.started = True
 
     server = Server(config)
     # uvicorn installs ``handle_exit`` while it runs and re-raises a captured SIGTERM/SIGINT after its graceful
