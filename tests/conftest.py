@@ -15,6 +15,7 @@ gateways (the security suites') take ``module_engine_overrides`` instead: one da
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "module_db_engine" in metafunc.fixturenames:
         # grouped by module: a module-scoped gateway serves every test of one engine, then of the other
         metafunc.parametrize("module_db_engine", engines, indirect=True, scope="module")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse two tests with one node id: pytest-xdist schedules by node id and would run only one of them (and the
+    JUnit report would merge them), so `make test` on two workers would silently run fewer tests than serially."""
+    twice = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} node ids name more than one test (give each a test id): {twice[:5]}")
 
 
 @pytest.fixture
