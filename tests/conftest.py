@@ -47,12 +47,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("module_db_engine", engines, indirect=True, scope="module")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Refuse two tests with one node id: pytest-xdist schedules by node id and would run only one of them (and the
-    JUnit report would merge them), so `make test` on two workers would silently run fewer tests than serially."""
-    twice = sorted(nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1)
-    if twice:
-        raise pytest.UsageError(f"{len(twice)} node ids name more than one test (give each a test id): {twice[:5]}")
+SHARED_NODE_IDS = pytest.StashKey[frozenset[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Find node ids that name more than one test: pytest-xdist schedules by node id and runs only one of them (the
+    JUnit report merges them too), so `make test` on two workers would silently run fewer tests than serially."""
+    config.stash[SHARED_NODE_IDS] = frozenset(i for i, n in Counter(item.nodeid for item in items).items() if n > 1)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail each test whose node id another test has (serially every one of them, under xdist the one it runs)."""
+    if item.nodeid in item.config.stash.get(SHARED_NODE_IDS, frozenset()):
+        pytest.fail(f"{item.nodeid} names more than one test: give each its own test id", pytrace=False)
 
 
 @pytest.fixture
