@@ -46,8 +46,12 @@ postgres:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
 	} || echo "postgresql could not be installed: the PostgreSQL tests skip (and fail under CI=true)"
 
+# Two pytest-xdist workers (CI has 2 cores), each test file on one worker, so a module's module-scoped servers
+# start once; each worker has its own devstack, PostgreSQL server and port block (tests/support/ports.py).
+# TEST_WORKERS=0 runs the suite serially in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) wrk nginx postgres
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check service devstack tests bench

@@ -15,6 +15,7 @@ gateways (the security suites') take ``module_engine_overrides`` instead: one da
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "module_db_engine" in metafunc.fixturenames:
         # grouped by module: a module-scoped gateway serves every test of one engine, then of the other
         metafunc.parametrize("module_db_engine", engines, indirect=True, scope="module")
+
+
+SHARED_NODE_IDS = pytest.StashKey[frozenset[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Find node ids that name more than one test: pytest-xdist schedules by node id and runs only one of them (the
+    JUnit report merges them too), so `make test` on two workers would silently run fewer tests than serially."""
+    config.stash[SHARED_NODE_IDS] = frozenset(i for i, n in Counter(item.nodeid for item in items).items() if n > 1)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail each test whose node id another test has (serially every one of them, under xdist the one it runs)."""
+    if item.nodeid in item.config.stash.get(SHARED_NODE_IDS, frozenset()):
+        pytest.fail(f"{item.nodeid} names more than one test: give each its own test id", pytrace=False)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from starlette.routing import Route
 import bench.baseline.app as baseline_app
 from bench.baseline.app import create_app
 from bench.baseline.seed import seed_sessions
+from support.ports import closed_port_url, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "Bearer good-token"
@@ -116,9 +117,7 @@ class FakeDownstream:
 
 def dead_url() -> str:
     """A 127.0.0.1 URL nothing listens on."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return closed_port_url()
 
 
 @pytest.fixture(scope="module")
@@ -465,9 +464,7 @@ def test_seed_writes_the_legacy_format(tmp_path: Path) -> None:
 
 def test_python_m_bench_baseline_serves(tmp_path: Path, downstream: tuple[FakeDownstream, str]) -> None:
     _, url = downstream
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     db = tmp_path / "cli.db"
     env = {"RAG_SERVICE_URL": url, "AUTH_SERVICE_URL": url, "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(

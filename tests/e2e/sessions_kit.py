@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -132,9 +131,3 @@ async def start_gateway(make_gateway: Callable[..., ServerThread], **overrides: 
     return await asyncio.to_thread(make_gateway, **overrides)
 
 
-def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (the port was just bound and released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"

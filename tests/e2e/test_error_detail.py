@@ -10,9 +10,10 @@ import asyncio
 
 import httpx
 import pytest
-from sessions_kit import closed_port_url, create, end
+from sessions_kit import create, end
 
 from support.inprocess import AppGatewayFactory
+from support.ports import closed_port_url
 from support.servers import ServerThread, auth
 
 pytestmark = pytest.mark.engines

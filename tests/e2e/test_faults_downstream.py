@@ -4,7 +4,6 @@ the gateway answers 502/503/504 within its deadline, the session stays consisten
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from blockbuster import BlockBuster
 
 from service.downstream import Downstream
 from support.inprocess import AppGatewayFactory, InProcessServer
+from support.ports import closed_port_url
 from support.servers import ServerThread, auth, gateway_settings
 from support.session_view import counters_of
 
@@ -93,10 +93,7 @@ async def control(devstack: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def closed_port() -> str:
     """A 127.0.0.1 URL on which nothing listens (connection refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return closed_port_url()
 
 
 async def set_fault(control: httpx.AsyncClient, **knobs: Any) -> None:

@@ -6,9 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sessions_kit import closed_port_url, create, db_path, end, error_of, snapshot
+from sessions_kit import create, db_path, end, error_of, snapshot
 
 from support.inprocess import AppGatewayFactory, InProcessServer
+from support.ports import closed_port_url
 from support.servers import auth
 
 pytestmark = pytest.mark.engines

@@ -8,9 +8,10 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from sessions_kit import all_events, closed_port_url, create, db_path, end, error_of, pages, sql
+from sessions_kit import all_events, create, db_path, end, error_of, pages, sql
 
 from support.inprocess import AppGatewayFactory, InProcessServer
+from support.ports import closed_port_url
 from support.servers import ServerThread, auth
 from support.session_view import counters_of
 

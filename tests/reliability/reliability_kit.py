@@ -12,7 +12,6 @@ import os
 import random
 import resource
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,18 +23,12 @@ from typing import IO, Any
 import httpx
 
 from service.settings import Settings
+from support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Gateway settings a developer or CI may have exported: never let them leak into a test's server.
 GATEWAY_ENV = frozenset(name.upper() for name in Settings.model_fields)
 TRANSPORT_ERRORS = (httpx.TransportError,)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def raise_nofile(wanted: int) -> int:

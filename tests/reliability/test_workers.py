@@ -26,7 +26,6 @@ from reliability_kit import (
     ChildProcess,
     GatewayProcess,
     eventually,
-    free_port,
     integrity,
     on_db,
     wal_bytes,
@@ -35,6 +34,7 @@ from reliability_kit import (
 from devstack.app import create_app as create_devstack
 from devstack.settings import DevstackSettings
 from service.storage.sqlite.migrations import SCHEMA_VERSION
+from support.ports import free_port
 from support.servers import ServerThread
 
 TEACHER = {"Authorization": "Bearer dev-teacher-token"}

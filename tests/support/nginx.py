@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from support.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "docker" / "nginx" / "gateway.conf.template"
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -39,12 +41,6 @@ def render(upstreams: list[str], port: int) -> str:
     return text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Nginx:
     """``start()`` runs nginx in the foreground of its own process; ``stop()`` quits it gracefully."""
 
@@ -54,7 +50,7 @@ class Nginx:
             raise RuntimeError("nginx is not installed (Debian package nginx; make test installs it)")
         self.binary = binary
         self.dir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "gateway.conf").write_text(render(upstreams, self.port))

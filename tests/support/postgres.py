@@ -5,6 +5,8 @@ installs it when missing). ``initdb`` refuses to run as root, so as root the clu
 ``postgres`` OS user. Data directory and unix socket live in one temporary directory; the server listens on a
 free loopback port, with ``fsync=off`` (a test cluster need not survive a power cut). Where the binaries (or
 asyncpg) are missing the PostgreSQL tests skip, except under ``CI=true``, where they fail naming the package.
+Under pytest-xdist each worker starts a server of its own: its own directory (``mkdtemp``) and a port from the
+worker's own block (``support.ports``), so two workers' servers never meet.
 
 Fixtures: ``postgres_server`` (the session's server), ``pg_empty_dsn`` (a new, empty database), ``pg_dsn``
 (a new database copied from a migrated template: ``CREATE DATABASE ... TEMPLATE``, cheaper than migrating),
@@ -18,7 +20,6 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from support.ports import free_port
 
 if TYPE_CHECKING:
     from service.storage.postgres import PostgresStorage
@@ -49,12 +52,6 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"PostgreSQL tests cannot run under CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -107,7 +104,7 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (or restart) on the same port once one was chosen; pg_ctl -w returns when it accepts connections."""
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         options = (
             f"-p {self.port} -h 127.0.0.1 -k {self.socket_dir} -F -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB"
