@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, SCALE_CONFIGS, SQLITE, scale_variant
+from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, SCALE_CONFIGS, SQLITE, WAL_DEFAULT_PAGES, scale_variant
 from bench.targets import TAIL_RATIO_MAX, evaluate, saturated_gateway_runs, tail_ratio
 
 MAIN_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c100", "rag_c500", "rag_c1000", "mixed")
@@ -49,6 +49,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     data["transports"] = transports(runs)
     data["scale"] = scale(runs)
     data["route_by_route"] = route_by_route(runs)
+    wal = wal_rows(runs)
+    better = better_autocheckpoint(wal) if wal else None
+    data["sqlite"] = {"batches": batch_rows(runs), "wal": wal, "wal_better": better}
     clients = [r["client"]["cpu_pct"] for r in runs if "client" in r]
     data["client_check"] = {
         "max_wrk_cpu_pct": max(clients) if clients else None,
@@ -586,6 +589,7 @@ def bench_markdown(data: dict[str, Any]) -> str:
                 f"{_ms(o['p99_defaults_ms'])} | {_ms(o['p99_off_ms'])} | {o['throughput_cost_pct']}% |"
             )
         parts.append("")
+    parts += sqlite_markdown(data)
     if data.get("tails"):
         parts += [
             "## Tails under saturation\n",
@@ -656,6 +660,146 @@ def soak_markdown(data: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------------- SQLite batches, WAL
+
+# the service's DB_JOURNAL_SIZE_LIMIT_BYTES default (service/settings.py): the WAL is cut back to it after a checkpoint
+JOURNAL_SIZE_LIMIT_DEFAULT = 64 * 2**20
+SQLITE_PAGE_BYTES = 4096  # SQLite's default page size (the service does not change it)
+WAL_P99_SLACK = 1.2  # a faster autocheckpoint value may cost at most this much p99
+BATCH_SCENARIOS = ("read", "write", "mixed", "rag_c100", "rag_c500", "rag_c1000")
+
+
+def batch_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calls per SQLite batch over the measured window, per kind, for the default gateway run of each scenario
+    that touches the database (read, write, mixed, rag)."""
+    picked = {r["scenario"]: r for r in saturated_gateway_runs(runs) if r["scenario"] in BATCH_SCENARIOS}
+    rows = []
+    for name in BATCH_SCENARIOS:
+        r = picked.get(name)
+        if r is None or not r.get("batches"):
+            continue
+        for kind, b in r["batches"].items():
+            rows.append({"scenario": name, "kind": kind, "rps": r["rps"], **b})
+    return rows
+
+
+def wal_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``wal`` group: one row per DB_WAL_AUTOCHECKPOINT value, with req/s and p99 over the 1000-page run's."""
+    picked = [r for r in runs if r["group"] == "wal" and r["target"] == GATEWAY]
+    rows = []
+    for r in picked:
+        env = r.get("env") or {}
+        rows.append(
+            {
+                "pages": int(env.get("DB_WAL_AUTOCHECKPOINT", WAL_DEFAULT_PAGES)),
+                "journal_size_limit_bytes": int(env.get("DB_JOURNAL_SIZE_LIMIT_BYTES", JOURNAL_SIZE_LIMIT_DEFAULT)),
+                "rps": r["rps"],
+                "p50_ms": r["latency_ms"]["p50"],
+                "p99_ms": r["latency_ms"]["p99"],
+                "errors": r["errors_total"],
+                "wal_bytes_max": r.get("wal_bytes_max"),
+                "wal_bytes_end": r.get("wal_bytes_end"),
+                "write_batch_mean": ((r.get("batches") or {}).get("write") or {}).get("mean"),
+            }
+        )
+    rows.sort(key=lambda t: t["pages"])
+    base = next((t for t in rows if t["pages"] == WAL_DEFAULT_PAGES), None)
+    for t in rows:
+        t["rps_vs_default"] = _ratio(t["rps"], base["rps"]) if base else None
+        t["p99_vs_default"] = _ratio(t["p99_ms"], base["p99_ms"]) if base else None
+    return rows
+
+
+def wal_bound_bytes(row: dict[str, Any]) -> int:
+    """Largest WAL accepted for a value: the journal size limit plus one checkpoint's worth of pages."""
+    return int(row["journal_size_limit_bytes"]) + int(row["pages"]) * SQLITE_PAGE_BYTES
+
+
+def better_autocheckpoint(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The value to keep: the highest req/s among those with p99 <= WAL_P99_SLACK x the default's, no more errors
+    than the default, and the WAL never above ``wal_bound_bytes``; the default (1000) unless another beats it.
+    ``pages`` None when the default run is missing (nothing to compare with)."""
+    base = next((t for t in rows if t["pages"] == WAL_DEFAULT_PAGES), None)
+    if base is None:
+        return {"pages": None, "why": "no DB_WAL_AUTOCHECKPOINT=1000 run to compare with"}
+    best, rejected = base, []
+    for t in rows:
+        if t is base:
+            continue
+        wal = t["wal_bytes_max"]
+        if t["p99_ms"] > WAL_P99_SLACK * base["p99_ms"]:
+            rejected.append(f"{t['pages']}: p99 {t['p99_ms']:.1f} ms against {base['p99_ms']:.1f} ms")
+        elif t["errors"] > base["errors"]:
+            rejected.append(f"{t['pages']}: {t['errors']} errors")
+        elif wal is None or wal > wal_bound_bytes(t):
+            rejected.append(f"{t['pages']}: WAL max " + ("not measured" if wal is None else f"{wal / 2**20:.1f} MB"))
+        elif t["rps"] > best["rps"]:
+            best = t
+    gain = best["rps_vs_default"]
+    why = (
+        f"{best['pages']} pages: {gain:.2f} x the default's req/s"
+        if best is not base
+        else "the default: no other value had higher req/s within the p99, error and WAL bounds"
+    )
+    if rejected:
+        why += "; out of bounds: " + "; ".join(rejected)
+    return {"pages": best["pages"], "why": why}
+
+
+def _mb(v: float | None) -> str:
+    return "n/a" if v is None else f"{v / 2**20:.1f}"
+
+
+def _batch(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:g}"
+
+
+def sqlite_markdown(data: dict[str, Any]) -> list[str]:
+    """The "SQLite batches and WAL" section: batch sizes per scenario, the ``wal`` table and the better value."""
+    runs = data["runs"]
+    batches, wal = batch_rows(runs), wal_rows(runs)
+    if not batches and not wal:
+        return []
+    parts = ["## SQLite batches and WAL\n"]
+    if batches:
+        parts += [
+            "Calls per batch handed to one SQLite connection (group commit: one batch in flight per connection, "
+            "everything submitted meanwhile forms the next; a write batch is one COMMIT), over the measured window, "
+            "from the `db_batch_size` histogram (p50 / p99 approximate: placed within the histogram's power-of-two "
+            "buckets; max = the highest bucket reached, > 256 above the top one). Gateway, default configuration.\n",
+            "| scenario | kind | req/s | batches | calls | mean calls / batch | p50 | p99 | max <= |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for b in batches:
+            top = "> 256" if b["max_le"] is None and b["batches"] else _batch(b["max_le"])
+            parts.append(
+                f"| {b['scenario']} | {b['kind']} | {b['rps']:,.0f} | {b['batches']:,} | {b['calls']:,} | "
+                f"{_batch(b['mean'])} | {_batch(b['p50'])} | {_batch(b['p99'])} | {top} |"
+            )
+        parts.append("")
+    if wal:
+        better = better_autocheckpoint(wal)
+        parts += [
+            "WAL checkpoints (group `wal`): the write scenario with `DB_WAL_AUTOCHECKPOINT` (WAL pages between "
+            "automatic checkpoints) at each value, back to back; WAL MB = the size of the database's `-wal` file, "
+            "sampled every 0.25 s during the measured window (max, and at its end). Better = the highest req/s with "
+            f"p99 <= {WAL_P99_SLACK:g} x the default's, no more errors, and WAL max <= DB_JOURNAL_SIZE_LIMIT_BYTES + "
+            "one checkpoint's pages.\n",
+            "| DB_WAL_AUTOCHECKPOINT | req/s | p50 ms | p99 ms | errors | WAL max MB | WAL end MB | req/s vs 1000 "
+            "| p99 vs 1000 | mean calls / write batch |",
+            "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for t in wal:
+            parts.append(
+                f"| {t['pages']} | {t['rps']:,.0f} | {_ms(t['p50_ms'])} | {_ms(t['p99_ms'])} | {t['errors']} | "
+                f"{_mb(t['wal_bytes_max'])} | {_mb(t['wal_bytes_end'])} | {_x(t['rps_vs_default'])} | "
+                f"{_x(t['p99_vs_default'])} | {_batch(t['write_batch_mean'])} |"
+            )
+        pages = better["pages"]
+        parts += ["", f"better: {'n/a' if pages is None else f'{pages} pages'} ({better['why']})", ""]
+    return parts
 
 
 # --------------------------------------------------------------------------------------------- files

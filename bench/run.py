@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import postgres, report, scenarios, seed, servers
+from bench import postgres, report, scenarios, seed, servers, sqlite_stats
 from bench.postgres import BenchPostgres
-from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, Run, Scale, Setup
+from bench.scenarios import BASELINE, GATEWAY, NAIVE, POSTGRES, SQLITE, Run, Scale, Setup
 from bench.wrk import run_wrk
 
 DEFAULT_OUT = servers.REPO_ROOT / "bench" / "results"
@@ -262,9 +262,19 @@ class Bench:
         return proc, url
 
     def fresh_db(self, target: str, name: str) -> Path:
-        db = self.work / f"{name}.db"
+        db = self.db_file(name)
         shutil.copyfile(self.pristine[target], db)
         return db
+
+    def db_file(self, name: str) -> Path:
+        """The SQLite file of the run called ``name`` (its WAL is this path + ``-wal``)."""
+        return self.work / f"{name}.db"
+
+    def wal_file(self, run: Run, name: str) -> Path | None:
+        """The ``-wal`` file sampled during a gateway SQLite run (None for other runs)."""
+        if run.target != GATEWAY or run.engine != SQLITE:
+            return None
+        return Path(str(self.db_file(name)) + "-wal")
 
     @staticmethod
     def drop_db(db: Path) -> None:
@@ -377,7 +387,10 @@ class Bench:
         pids = {"server": proc.pid, "devstack": self.devstack_pid, "runner": os.getpid()}
         if pg_pid:
             pids["postgres"] = pg_pid
-        with servers.Sampler(pids, interval=0.5, trees=("server", "postgres")) as sampler:
+        with (
+            servers.Sampler(pids, interval=0.5, trees=("server", "postgres")) as sampler,
+            sqlite_stats.WalWatch(self.wal_file(run, name), interval=0.25) as wal,
+        ):
 
             def tick(elapsed: float) -> None:
                 rss, fds = sampler.latest("server")
@@ -436,6 +449,8 @@ class Bench:
                 },
             }
         )
+        record.update(wal.record())  # None unless a gateway SQLite run
+        record["batches"] = sqlite_stats.batch_window(before, after) if run.target == GATEWAY else None
         record["postgres"] = None  # the PostgreSQL server with its backends (scale runs on PostgreSQL)
         if pg_pid:
             record["postgres"] = {

@@ -25,7 +25,7 @@ BASELINE = "baseline"
 NAIVE = "naive"
 
 # Scenario groups selectable with --scenarios (rag expands to the three concurrencies).
-GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag", "scale")
+GROUPS = ("ceiling", "read", "write", "list", "rag", "mixed", "transport", "overhead", "lag", "scale", "wal")
 # "lag": the gateway again at about half the throughput it reached saturated (paced wrk), so the event-loop lag
 # shows blocking calls rather than the queueing every closed-loop saturating load causes.
 LAG_SCENARIOS = ("ceiling", "read", "write", "list", "rag_c1000", "mixed")
@@ -44,6 +44,16 @@ SCALE_CONFIGS: tuple[tuple[str, int], ...] = ((SQLITE, 1), (SQLITE, 2), (POSTGRE
 
 def scale_variant(engine: str, workers: int) -> str:
     return f"{engine} WORKERS={workers}"
+
+
+# "wal": the write scenario with SQLite's automatic checkpoint every N WAL pages (the service's
+# DB_WAL_AUTOCHECKPOINT; 1000 is its default), back to back so the ratios come from neighbouring runs.
+WAL_AUTOCHECKPOINTS = (1000, 4000, 8000)
+WAL_DEFAULT_PAGES = 1000
+
+
+def wal_variant(pages: int) -> str:
+    return f"DB_WAL_AUTOCHECKPOINT={pages}"
 
 
 CORPUS = [
@@ -434,4 +444,7 @@ def plan_runs(
             for engine, workers in SCALE_CONFIGS:
                 env = {"WORKERS": str(workers)}
                 add(name, GATEWAY, "scale", scale_variant(engine, workers), env, engine=engine, workers=workers)
+    if "wal" in groups:
+        for pages in WAL_AUTOCHECKPOINTS:  # 1000 too, set explicitly: its own run beside the others
+            add("write", GATEWAY, "wal", wal_variant(pages), {"DB_WAL_AUTOCHECKPOINT": str(pages)})
     return runs

@@ -608,8 +608,13 @@ def scrape(url: str) -> dict[str, float]:
     status, body = http_get(url, timeout=10)
     if status != 200:
         raise RuntimeError(f"{url} answered {status}")
+    return parse_metrics(body.decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> ``{'name{labels}': value}`` (what ``scrape`` returns; comments skipped)."""
     out: dict[str, float] = {}
-    for line in body.decode().splitlines():
+    for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         key, _, value = line.rpartition(" ")

@@ -76,6 +76,7 @@ def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         _tails(list(gw.values())),
         _errors(runs),
         _rss(runs),
+        _wal_bounded(runs),
         _list_p99(gw.get("list")),
     ]
     for name in ("read", "write"):
@@ -209,6 +210,24 @@ def _rss(runs: list[dict[str, Any]]) -> dict[str, Any]:
     top = max(single, key=lambda r: r["server"]["peak_rss_mb"])
     peak = top["server"]["peak_rss_mb"]
     return target("rss", name, peak, f"{peak:.0f} MB", goal, peak < 200, f"in {run_name(top)}")
+
+
+WAL_MAX_MB = 128
+
+
+def _wal_bounded(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The largest ``-wal`` file seen in any gateway SQLite run (every variant and group): checkpoints keep up."""
+    name, goal = f"WAL bounded: max WAL size < {WAL_MAX_MB} MB in every gateway run", f"< {WAL_MAX_MB} MB"
+    measured = [r for r in runs if r["target"] == GATEWAY and r.get("wal_bytes_max") is not None]
+    if not measured:
+        note = "not measured in this run: no gateway SQLite run recorded its WAL size (none selected, or results "
+        note += "from before the WAL was sampled)"
+        return target("wal_bounded", name, None, "n/a", goal, None, note)
+    top = max(measured, key=lambda r: r["wal_bytes_max"])
+    mb = round(top["wal_bytes_max"] / 2**20, 1)
+    bad = [run_name(r) for r in measured if r["wal_bytes_max"] >= WAL_MAX_MB * 2**20]
+    note = f"in {run_name(top)}, over {len(measured)} runs" + (f"; over: {', '.join(bad)}" if bad else "")
+    return target("wal_bounded", name, mb, f"{mb:.1f} MB", goal, not bad, note)
 
 
 def _lag_targets(runs: list[dict[str, Any]], key: str, label: str) -> list[dict[str, Any]]:

@@ -100,10 +100,16 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
             assert r["lag"]["samples"] > 0 and r["lag"]["max_since_start_s"] >= 0, key
             assert r["x_baseline"] is not None and r["x_baseline"] > 0, key
             assert r["x_naive"] is not None and r["x_naive"] > 0, key
+            # a gateway SQLite run: its -wal file sampled, its db_batch_size window per kind
+            assert r["wal_bytes_max"] is not None and r["wal_bytes_max"] >= r["wal_bytes_end"] >= 0, key
+            assert set(r["batches"]) == {"write", "read"}, key
         else:
             assert r["lag"] is None
+            assert r["batches"] is None and r["wal_bytes_max"] is None, key
     assert runs[("ceiling", "gateway", "default")]["x_ceiling"] == 1.0
     assert runs[("read", "gateway", "default")]["plan_requests"] >= 1
+    reads = runs[("read", "gateway", "default")]["batches"]["read"]
+    assert reads["batches"] > 0 and reads["calls"] >= reads["batches"] and reads["mean"] >= 1
     targets = {t["id"]: t for t in data["targets"]}
     assert {"read_x_ceiling", "rss", "tail_ratio", "zero_errors", "rag1000_x_naive"} <= set(targets)
     assert targets["read_x_ceiling"]["met"] in (True, False) and targets["rss"]["met"] in (True, False)
