@@ -31,6 +31,7 @@ from test_baseline import AUTH, LEGACY_COLUMNS, FakeDownstream, dead_url, raw_ro
 from bench.baseline.app import create_app as create_baseline
 from bench.baseline.seed import seed_sessions
 from bench.naive.app import create_app as create_naive
+from support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_BODY = {
@@ -346,7 +347,7 @@ def test_schema_and_sqlite_defaults_are_left_as_the_baseline_has_them(
 
 def test_python_m_bench_naive_serves(tmp_path: Path, downstream: tuple[FakeDownstream, str]) -> None:
     _, url = downstream
-    port = int(dead_url().rsplit(":", 1)[1])
+    port = free_port()
     db = tmp_path / "cli.db"
     env = {"RAG_SERVICE_URL": url, "AUTH_SERVICE_URL": url, "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
