@@ -238,7 +238,7 @@ def transports(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "connections": r["connections"],
-                    "variant": r["variant"] if r["variant"] != "default" else "default: aiohttp conn=200",
+                    "variant": r["variant"] if r["variant"] != "default" else "default: native conn=200",
                     "transport": env.get("HTTP_TRANSPORT", "native"),
                     "max_connections": int(env.get("HTTP_MAX_CONNECTIONS", 200)),
                     "max_keepalive": int(env.get("HTTP_MAX_KEEPALIVE", 100)),
@@ -250,7 +250,7 @@ def transports(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "x_baseline": r.get("x_baseline"),
                 }
             )
-    return sorted(out, key=lambda t: (t["connections"], t["variant"] != "default: aiohttp conn=200", t["variant"]))
+    return sorted(out, key=lambda t: (t["connections"], t["variant"] != "default: native conn=200", t["variant"]))
 
 
 # --------------------------------------------------------------------------------------------- Markdown
@@ -523,6 +523,35 @@ def readme_route_table(data: dict[str, Any]) -> str:
         f"{_num(t['gateway_errors'], 'd')} / {_num(t['naive_errors'], 'd')} / {_num(t['baseline_errors'], 'd')} |"
         for t in data.get("route_by_route") or []
     ]
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
+def cpu_ms_per_request(r: dict[str, Any]) -> float | None:
+    """Server CPU (all threads, all processes of the server) per answered request over the measured window."""
+    cpu, rps = r.get("server", {}).get("cpu_pct"), r.get("rps")
+    return round(10 * cpu / rps, 3) if cpu is not None and rps else None
+
+
+def readme_results_table(data: dict[str, Any]) -> str:
+    """The README's main table: the gateway's default configuration, scenario by scenario."""
+    head = (
+        "| scenario | conns | gateway req/s | x ceiling | p50 / p99 / max ms | errors | server CPU ms per request "
+        "| loop lag max ms | peak RSS MB |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    )
+    lines = []
+    for name in MAIN_SCENARIOS:
+        r = _find(data["runs"], name, GATEWAY)
+        if r is None:
+            continue
+        lat = r["latency_ms"]
+        lag = r.get("lag") or {}
+        lag_max = f"{lag['max_s'] * 1000:.0f}" if lag.get("max_s") is not None else "-"
+        label = README_LABELS.get(name, name)
+        lines.append(
+            f"| {label} | {r['connections']} | {r['rps']:,.0f} | {_num(r.get('x_ceiling'), '.2f')} "
+            f"| {_ms(lat['p50'])} / {_ms(lat['p99'])} / {_ms(lat['max'])} | {r['errors_total']:,} "
+            f"| {_num(cpu_ms_per_request(r), '.2f')} | {lag_max} | {r['server']['peak_rss_mb']:.0f} |"
+        )
     return head + "\n".join(lines) + "\n" if lines else ""
 
 

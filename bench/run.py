@@ -6,7 +6,7 @@ process pinned to its own CPU, set-up through the API, a warm-up, then a measure
 duration while /proc is sampled; the gateway's /metrics is scraped before and after for the event-loop lag.
 Results go to ``<out>/bench.{json,md,png}`` (``--soak``: ``<out>/soak.{json,md,png}``).
 
-    python -m bench.run                       # everything, ~12 min on 2 cores
+    python -m bench.run                       # everything, ~35 min on 2 cores
     python -m bench.run --quick --scenarios ceiling,read --out /tmp/b   # smoke run, seconds per scenario
     python -m bench.run --soak                # mixed scenario for 10 minutes: RSS / fds over time
     python -m bench.run --scenarios scale     # SQLite and PostgreSQL, WORKERS=1 and 2: the Scale-out table

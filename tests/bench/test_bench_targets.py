@@ -245,6 +245,23 @@ def test_readme_block_is_regenerated_from_bench_json(tmp_path: Path, monkeypatch
     assert page.read_text() == text  # idempotent
 
 
+def test_readme_tables_are_regenerated_where_their_markers_are(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "bench.json").write_text(json.dumps(bench_data(full_runs())))
+    page = tmp_path / "README.md"
+    main = (readme.marker("bench-results", "begin"), readme.marker("bench-results", "end"))
+    lone = readme.marker("bench-naive", "begin")
+    page.write_text(f"{readme.BEGIN}\n{readme.END}\n\n{main[0]}\nold\n{main[1]}\n\n{lone}\n")
+    readme.regenerate(results, page)
+    text = page.read_text()
+    table = text[text.index(main[0]) + len(main[0]) : text.index(main[1])]
+    assert "old" not in table and "| read `GET /sessions/{id}` | 64 |" in table
+    assert "server CPU ms per request" in table
+    # a begin marker without its end is left as it is
+    assert text.endswith(lone + "\n")
+
+
 def test_readme_without_markers_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     results = tmp_path / "results"
     results.mkdir()
