@@ -15,16 +15,33 @@ from bench.scenarios import BASELINE, GATEWAY, NAIVE
 # Why a target was missed, by target id: written by whoever analysed the run (profiles, tails, logs); shown only
 # while the target is missed. A missed target without an entry says so instead of staying silent.
 REASONS: dict[str, str] = {
-    "write_x_ceiling": "issue 11: a batch is formed per loop iteration and handed to the writer thread at once, so "
-    "under load the thread's queue holds many small batches",
-    "rag1000_x_baseline": "one worker's CPU is the limit: about 0.8 ms of server CPU per RAG request (request "
-    "parsing, the downstream call, two batched database hops)",
-    "rag1000_p99": "the same CPU limit: p99 < 400 ms at 1000 connections needs about 2,500 req/s from one worker",
+    "read_x_ceiling": "a read costs ~2 x the ceiling's CPU (auth cache, one batched reader hop: a thread wake-up and "
+    "GIL hand-offs on the one pinned core, the JSON rendered in SQLite); this host's ceiling was 2.7 x below the "
+    "previous run's and read / ceiling fell with it (0.69 -> 0.51): an A/B of the code before and after this round "
+    "on the same host gave the same read req/s (2,897 vs 2,983; 3,550 vs 3,527)",
+    "write_x_ceiling": "not CPU-bound (server 76-91 % busy): each write waits for its batch's COMMIT on the writer "
+    "thread, which shares the core and the GIL with the loop; batches now fill while the writer is busy, but two "
+    "further designs (the writer's thread draining the queue itself, a 1 ms GIL switch interval) measured no better "
+    "in A/B runs; the write scenario itself moved 972-1,726 req/s between runs of one invocation on this host",
+    "rag1000_x_baseline": "one worker's CPU is the limit: 1.1-1.3 ms of server CPU per RAG request on this host "
+    "(2.2 ms before this round, same host); 4.5 x the old design, short of 5 x",
+    "rag1000_p99": "the same CPU limit: p99 < 400 ms at 1000 connections needs ~2,500 req/s from one worker, "
+    "~0.4 ms per request here; waiting is fair now (p99 1.25 x p50), so the tail is the queue every request shares",
+    "tail_ratio": "only mixed, a blend: its p50 is a sub-ms route's queueing and its p99 the 100 ms RAG route's "
+    "latency (a quarter of its requests wait for the downstream), not unequal waiting; every single-route scenario "
+    "is within 2.5 x",
+    "zero_errors": "only PostgreSQL runs at rag@500: 503 + Retry-After from the pool's bounded wait (500 connections "
+    "queueing for DB_POOL_SIZE=8 per process, DB_POOL_TIMEOUT_S=2), the designed back-pressure; every SQLite "
+    "run had none",
+    "list_p99": "CPU-bound: 100-row pages rendered in SQLite at 64 connections, 279 req/s on this slower host "
+    "(1,347 on the previous one): p99 is queueing for one core",
     "loop_lag_p99_saturated": "closed-loop wrk keeps the loop saturated, so its lag is queueing (one loop turn runs "
     "every ready callback); the paced runs show what a single callback holds the loop for",
-    "zero_errors": "in the last analysed run only the plain-httpx transport experiments at 1000 connections had "
-    "errors (the reason aiohttp is the default transport); the default configuration had none",
     "loop_lag_max_saturated": "queueing under closed-loop saturation, as for the p99 (see the paced runs)",
+    "loop_lag_p99_paced": "this host: the server's threads waited for the CPU 10-51 % of the time even at half load "
+    "(host contention on the pinned core); the previous host had <= 5 ms on the same code paths",
+    "loop_lag_max_paced": "as for the paced p99: time the pinned core was taken away, not a callback of ours "
+    "(<= 12 ms on the previous host)",
 }
 NOT_ANALYSED = "not analysed yet (add one to REASONS in bench/targets.py)"
 
