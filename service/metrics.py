@@ -95,9 +95,7 @@ class Metrics:
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         # labels() takes a lock and a lookup per call: each label set is resolved once
-        self._db_children: dict[str, Any] = {}
-        self._batch_children: dict[str, Any] = {}
-        self._downstream_children: dict[tuple[str, str], Any] = {}
+        self._histogram_children: dict[tuple[Histogram, tuple[str, ...]], Any] = {}
         self.loop_lag = Gauge(
             "event_loop_lag_seconds", "Latest event-loop lag sample", multiprocess_mode="liveall", registry=r
         )
@@ -122,22 +120,19 @@ class Metrics:
         children[1].observe(seconds)
 
     def db_op(self, kind: str, seconds: float) -> None:
-        child = self._db_children.get(kind)
-        if child is None:
-            child = self._db_children[kind] = self.db.labels(kind)
-        child.observe(seconds)
+        self._observe(self.db, (kind,), seconds)
 
     def db_batch_size(self, kind: str, size: int) -> None:
-        child = self._batch_children.get(kind)
-        if child is None:
-            child = self._batch_children[kind] = self.db_batch.labels(kind)
-        child.observe(size)
+        self._observe(self.db_batch, (kind,), size)
 
     def downstream_call(self, service: str, outcome: str, seconds: float) -> None:
-        child = self._downstream_children.get((service, outcome))
+        self._observe(self.downstream, (service, outcome), seconds)
+
+    def _observe(self, histogram: Histogram, labels: tuple[str, ...], value: float) -> None:
+        child = self._histogram_children.get((histogram, labels))
         if child is None:
-            child = self._downstream_children[(service, outcome)] = self.downstream.labels(service, outcome)
-        child.observe(seconds)
+            child = self._histogram_children[(histogram, labels)] = histogram.labels(*labels)
+        child.observe(value)
 
     def render(self) -> bytes:
         return generate_latest(self._scraped)

@@ -9,9 +9,9 @@ exceptions they correspond to, with aiohttp's exception as ``__cause__`` (``clie
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import httpx
@@ -30,17 +30,11 @@ _EXCEPTIONS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 
 
-def _mapped(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+def mapped(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception an aiohttp one corresponds to (raise it ``from exc``: ``client._classify`` looks at
+    both)."""
     target = next(t for s, t in _EXCEPTIONS if isinstance(exc, s))  # aiohttp.ClientError is the last entry
     return target(str(exc) or type(exc).__name__, request=request)
-
-
-@contextlib.contextmanager
-def mapped_errors(request: httpx.Request) -> Iterator[None]:
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        raise _mapped(exc, request) from exc
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -63,43 +57,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=False,  # httpx decodes by the Content-Encoding header
                 cookie_jar=aiohttp.DummyCookieJar(),  # one client serves every user: never keep a cookie
             )
         return self._session
 
-    def _timeout_for(self, key: tuple[float | None, float | None, float | None]) -> aiohttp.ClientTimeout:
-        # aiohttp's ``connect`` covers the wait for a pooled connection plus connecting (httpx's pool wait)
-        found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+    def _timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (timeouts.get("connect"), timeouts.get("read"), timeouts.get("pool"))
+        found = self._timeouts.get(key)
+        if found is None:
+            # aiohttp's ``connect`` covers the wait for a pooled connection plus connecting (httpx's pool wait)
+            found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
         return found
 
-    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-        given = request.extensions.get("timeout", {})
-        key = (given.get("connect"), given.get("read"), given.get("pool"))
-        return self._timeouts.get(key) or self._timeout_for(key)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.content or None
-        with mapped_errors(request):
-            async with self.session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers,
-                data=body,
-                allow_redirects=False,
-                compress=False,
-                timeout=self._timeout(request),
-            ) as answer:
-                content = await answer.read()
-                status, raw_headers = answer.status, answer.raw_headers
-        return httpx.Response(status, headers=raw_headers, content=content, request=request, extensions=_HTTP11)
-
-    async def fetch(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeouts: Mapping[str, float | None]
-    ) -> tuple[int, bytes]:
-        """The gateway's own path (``Downstream._send``): status and decoded body, no httpx objects built."""
-        key = (timeouts.get("connect"), timeouts.get("read"), timeouts.get("pool"))
-        found = self._timeouts.get(key) or self._timeout_for(key)
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+        *,
+        decode: bool,
+    ) -> tuple[int, Any, bytes]:
+        """Status, raw headers and body; ``decode``: aiohttp undoes the Content-Encoding (else httpx will)."""
         try:
             async with self.session.request(
                 method,
@@ -108,12 +88,36 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 compress=False,
-                auto_decompress=True,  # no httpx decoder on this path
-                timeout=found,
+                auto_decompress=decode,
+                timeout=self._timeout(timeouts),
             ) as answer:
-                return answer.status, await answer.read()
+                return answer.status, answer.raw_headers, await answer.read()
         except aiohttp.ClientError as exc:
-            raise _mapped(exc, httpx.Request(method, url)) from exc
+            raise mapped(exc, httpx.Request(method, url)) from exc
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        status, raw_headers, content = await self._exchange(
+            request.method,
+            str(request.url),
+            request.headers,
+            request.content,
+            request.extensions.get("timeout", {}),
+            decode=False,
+        )
+        return httpx.Response(status, headers=raw_headers, content=content, request=request, extensions=_HTTP11)
+
+    async def fetch(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes, timeouts: Mapping[str, float | None]
+    ) -> tuple[int, bytes]:
+        """The gateway's own path (``Downstream._send``): status and decoded body, no httpx objects built."""
+        status, _, content = await self._exchange(method, url, headers, body, timeouts, decode=True)
+        return status, content
+
+    def in_use(self) -> int:
+        """Connections checked out of the pool (0 when idle: nothing leaked)."""
+        if self._session is None:
+            return 0
+        return len(getattr(self._session.connector, "_acquired", ()))
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -133,7 +133,6 @@ class Downstream:
         # ``_send``).
         self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout, follow_redirects=False)
         self._extensions = {"timeout": self.timeout.as_dict()}
-        self._urls: dict[str, httpx.URL] = {}
         self._fetch = self.transport.fetch if isinstance(self.transport, AiohttpTransport | Http11Transport) else None
         self._slots = {s: asyncio.Semaphore(settings.downstream_max_concurrency) for s in SERVICES}
         self._observer = observer
@@ -256,12 +255,7 @@ class Downstream:
             content = b""
         if self._fetch is not None:
             return await self._fetch(method, url, headers, content, self._extensions["timeout"])
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 1024:  # paths with ids in them: keep the cache bounded
-                self._urls.clear()
-            parsed = self._urls[url] = httpx.URL(url)
-        request = httpx.Request(method, parsed, headers=headers, content=content, extensions=self._extensions)
+        request = httpx.Request(method, url, headers=headers, content=content, extensions=self._extensions)
         response = await self.transport.handle_async_request(request)
         try:
             await response.aread()
@@ -275,13 +269,8 @@ class Downstream:
 
     def pool_stats(self) -> dict[str, int]:
         """Connections currently checked out of the pool (0 when idle: nothing leaked)."""
-        if isinstance(self.transport, Http11Transport):
+        if isinstance(self.transport, AiohttpTransport | Http11Transport):
             return {"in_use": self.transport.in_use()}
-        inner = getattr(self.transport, "_session", None)
-        if isinstance(inner, aiohttp.ClientSession):
-            connector = inner.connector
-            acquired = len(getattr(connector, "_acquired", ()))
-            return {"in_use": acquired}
         pool = getattr(self.transport, "_pool", None)
         if pool is not None:
             return {"in_use": sum(1 for c in pool.connections if not c.is_idle())}

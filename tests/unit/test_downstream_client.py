@@ -15,7 +15,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from service.context import request_id_var
 from service.downstream import Downstream
 from service.downstream import client as client_module
-from service.downstream.aiohttp_transport import mapped_errors
+from service.downstream.aiohttp_transport import mapped
 from service.downstream.client import DownstreamBadAnswer, DownstreamTimeout, DownstreamUnavailable
 from service.settings import Settings
 
@@ -276,14 +276,12 @@ async def test_connect_timeout_is_503_and_retried_even_for_post(make: Callable[.
     assert script.attempts == 3
 
 
-def aiohttp_failure(exc: Exception) -> Exception:
+def aiohttp_failure(exc: aiohttp.ClientError) -> Exception:
     """The httpx exception the aiohttp transport raises for an aiohttp one (``__cause__`` kept)."""
     try:
-        with mapped_errors(httpx.Request("POST", "http://rag.test/query")):
-            raise exc
-    except httpx.HTTPError as mapped:
-        return mapped
-    raise AssertionError("not mapped")
+        raise mapped(exc, httpx.Request("POST", "http://rag.test/query")) from exc
+    except httpx.HTTPError as raised:
+        return raised
 
 
 class _Key:
@@ -307,7 +305,7 @@ class _Key:
     ],
 )
 async def test_aiohttp_failures_are_classified_through_the_mapping(
-    make: Callable[..., Downstream], failure: Exception, expected: type[Exception], attempts: int
+    make: Callable[..., Downstream], failure: aiohttp.ClientError, expected: type[Exception], attempts: int
 ) -> None:
     script = Script(aiohttp_failure(failure))
     with pytest.raises(expected):
