@@ -95,24 +95,26 @@ async def _until(event: threading.Event) -> None:
     raise AssertionError("the blocking unit never started")
 
 
+def _recorded_insert(order: list[int], i: int):  # type: ignore[no-untyped-def]
+    """A unit that inserts row ``i`` and notes, on the writer's thread, the order the batch ran it in."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        order.append(i)
+        conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))
+        return i
+
+    return run
+
+
 async def test_writes_submitted_while_the_writer_is_busy_form_its_next_batch(observed) -> None:  # type: ignore[no-untyped-def]
     db, sizes = observed
     gate, started = threading.Event(), threading.Event()
     busy = asyncio.ensure_future(db.write(_blocking(gate, started)))
     await _until(started)
     order: list[int] = []
-
-    def insert(i: int):  # type: ignore[no-untyped-def]
-        def run(conn: sqlite3.Connection) -> int:
-            order.append(i)  # runs on the writer's thread, in the order the batch holds the units
-            conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))
-            return i
-
-        return run
-
     waiting = []
     for i in range(40):  # one per loop iteration: the old per-iteration batching would have made 40 batches
-        waiting.append(asyncio.ensure_future(db.write(insert(i))))
+        waiting.append(asyncio.ensure_future(db.write(_recorded_insert(order, i))))
         await asyncio.sleep(0)
     assert not any(w.done() for w in waiting)  # nobody is answered before the batch holding it has committed
     gate.set()
@@ -129,15 +131,7 @@ async def test_a_queue_longer_than_a_batch_goes_in_order_in_full_batches(observe
     busy = asyncio.ensure_future(db.write(_blocking(gate, started)))
     await _until(started)
     order: list[int] = []
-
-    def insert(i: int):  # type: ignore[no-untyped-def]
-        def run(conn: sqlite3.Connection) -> None:
-            order.append(i)
-            conn.execute("INSERT INTO t VALUES (?, ?)", (f"k{i}", i))
-
-        return run
-
-    waiting = [asyncio.ensure_future(db.write(insert(i))) for i in range(600)]
+    waiting = [asyncio.ensure_future(db.write(_recorded_insert(order, i))) for i in range(600)]
     await asyncio.sleep(0)
     gate.set()
     await asyncio.gather(busy, *waiting)
