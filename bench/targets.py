@@ -89,12 +89,12 @@ def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         _ratio_target(gw, "write", "x_ceiling", 0.35, "write_x_ceiling", "write >= 0.35 x ceiling", "ceiling"),
         _ratio_target(gw, "rag_c1000", "x_baseline", 5.0, "rag1000_x_baseline", "rag@1000 >= 5 x baseline", BASELINE),
         _naive_target(runs, gw),
-        _rag_p99(gw.get("rag_c1000")),
+        _p99_under(gw, "rag_c1000", 400, "rag1000_p99", "rag@1000 p99 < 400 ms", "{:,.0f} ms"),
         _tails(list(gw.values())),
         _errors(runs),
         _rss(runs),
         _wal_bounded(runs),
-        _list_p99(gw.get("list")),
+        _p99_under(gw, "list", 50, "list_p99", "list p99 < 50 ms at 64 connections", "{:.1f} ms"),
     ]
     for name in ("read", "write"):
         out.append(_ratio_target(gw, name, "x_baseline", 2.0, f"{name}_x_baseline", f"{name}: gateway >= 2 x baseline"))
@@ -158,20 +158,16 @@ def _naive_target(runs: list[dict[str, Any]], gw: dict[str, dict[str, Any]]) -> 
     )
 
 
-def _rag_p99(r: dict[str, Any] | None) -> dict[str, Any]:
-    name, goal = "rag@1000 p99 < 400 ms", "< 400 ms"
+def _p99_under(
+    gw: dict[str, dict[str, Any]], scenario: str, limit_ms: float, tid: str, name: str, shown: str
+) -> dict[str, Any]:
+    """The gateway's p99 in ``scenario`` below ``limit_ms``; ``shown`` formats the measured ms."""
+    goal = f"< {limit_ms:g} ms"
+    r = gw.get(scenario)
     if r is None:
-        return target("rag1000_p99", name, None, "n/a", goal, None, _missing("gateway rag_c1000"))
+        return target(tid, name, None, "n/a", goal, None, _missing(f"gateway {scenario}"))
     v = r["latency_ms"]["p99"]
-    return target("rag1000_p99", name, v, f"{v:,.0f} ms", goal, v < 400)
-
-
-def _list_p99(r: dict[str, Any] | None) -> dict[str, Any]:
-    name, goal = "list p99 < 50 ms at 64 connections", "< 50 ms"
-    if r is None:
-        return target("list_p99", name, None, "n/a", goal, None, _missing("gateway list"))
-    v = r["latency_ms"]["p99"]
-    return target("list_p99", name, v, f"{v:.1f} ms", goal, v < 50)
+    return target(tid, name, v, shown.format(v), goal, v < limit_ms)
 
 
 def _tails(runs: list[dict[str, Any]]) -> dict[str, Any]:
